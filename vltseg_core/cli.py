@@ -1,0 +1,48 @@
+"""The `vltseg` command. Subcommands are data: name -> (module, one-line help); each module defines
+`add_arguments(parser)` and `run(args) -> int | None`, and is imported only when its subcommand runs."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vltseg_core.errors import VLTSegError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "setup": ("vltseg_core.commands.setup", "fetch and convert the pinned assets (demo backbone, demo bag)"),
+    "predict": ("vltseg_core.commands.predict", "segment image files or folders; write label PNGs and overlays"),
+    "train": ("vltseg_core.commands.train", "train a model from an experiment config (torchrun for multi-GPU)"),
+    "eval": ("vltseg_core.commands.eval", "mIoU / per-class IoU on one or more datasets"),
+    "export": ("vltseg_core.commands.export", "export ONNX / build TensorRT engines"),
+    "bench": ("vltseg_core.commands.bench", "latency and throughput benchmarks"),
+    "replay": ("vltseg_ros.commands.replay", "run a model over a rosbag2 and write masks, report and plots"),
+    "demo": ("vltseg_ros.commands.demo", "the one-command demo: the real node on real dashcam footage"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="vltseg", description="VLTSeg semantic segmentation")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"vltseg {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except VLTSegError as exc:
+        print(f"vltseg {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vltseg {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin `vltseg` subcommands: argument parsing and calls into the library; no logic of their own."""
