@@ -17,7 +17,6 @@ setup_env() {
   fi
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing vltseg and its dependencies into $venv (first time: several minutes)"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[all]"
     echo "$want" > "$stamp"
   fi
