@@ -1,0 +1,119 @@
+"""Image / CompressedImage -> RGB for every encoding the node accepts, row padding, and the malformed frames the
+node must skip (each one raises one VLTSegError line)."""
+import cv2
+import numpy as np
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from vltseg_core.errors import VLTSegError
+from vltseg_ros.image_conversions import array_to_image, compressed_to_rgb, image_to_rgb
+
+MAX = 4096 * 4096
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+
+
+def make_image(pixels: np.ndarray, encoding: str, pad: int = 0) -> Image:
+    """An Image whose rows carry `pad` extra bytes (step > width * bytes per pixel)."""
+    rows = pixels.reshape(pixels.shape[0], -1)
+    padded = np.concatenate([rows, np.full((rows.shape[0], pad), 77, np.uint8)], axis=1)
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding, step=padded.shape[1])
+    msg.data = padded.tobytes()
+    return msg
+
+
+@pytest.mark.parametrize("pad", [0, 6])
+def test_rgb_bgr_mono_with_and_without_row_padding(pad):
+    assert np.array_equal(image_to_rgb(make_image(RGB, "rgb8", pad), MAX), RGB)
+    assert np.array_equal(image_to_rgb(make_image(RGB[..., ::-1].copy(), "bgr8", pad), MAX), RGB)
+    grey = RGB[..., 0].copy()
+    assert np.array_equal(image_to_rgb(make_image(grey, "mono8", pad), MAX), np.repeat(grey[..., None], 3, 2))
+
+
+@pytest.mark.parametrize("encoding,red,blue", [  # (row, col) of R and B in each 2x2 cell; G elsewhere
+    ("bayer_rggb8", (0, 0), (1, 1)),
+    ("bayer_bggr8", (1, 1), (0, 0)),
+    ("bayer_gbrg8", (1, 0), (0, 1)),
+    ("bayer_grbg8", (0, 1), (1, 0)),
+])
+def test_bayer_patterns_demosaic_to_the_right_colour(encoding, red, blue):
+    colour = (200, 120, 40)
+    mosaic = np.full((8, 8), colour[1], np.uint8)
+    mosaic[red[0]::2, red[1]::2] = colour[0]
+    mosaic[blue[0]::2, blue[1]::2] = colour[2]
+    rgb = image_to_rgb(make_image(mosaic, encoding, pad=4), MAX)
+    assert np.abs(rgb[2:-2, 2:-2].astype(int) - colour).max() <= 2
+
+
+@pytest.mark.parametrize("encoding,order", [("yuv422", "UYVY"), ("yuv422_yuy2", "YUYV")])
+def test_yuv422_variants(encoding, order):
+    colour = np.array([180, 90, 30])
+    r, g, b = colour  # BT.601 limited range, as camera drivers send it
+    y = round(16 + 0.257 * r + 0.504 * g + 0.098 * b)
+    u = round(128 - 0.148 * r - 0.291 * g + 0.439 * b)
+    v = round(128 + 0.439 * r - 0.368 * g - 0.071 * b)
+    cell = {"UYVY": [u, y, v, y], "YUYV": [y, u, y, v]}[order]
+    packed = np.tile(np.array(cell, np.uint8), (4, 4)).reshape(4, 8, 2)  # 4 rows x 8 px x 2 bytes
+    rgb = image_to_rgb(make_image(packed, encoding, pad=2), MAX)
+    assert rgb.shape == (4, 8, 3)
+    assert np.abs(rgb.astype(int) - colour).max() <= 4
+
+
+def test_compressed_png_is_exact_and_jpeg_close():
+    png = CompressedImage(format="png")
+    png.data = cv2.imencode(".png", RGB[..., ::-1])[1].tobytes()
+    assert np.array_equal(compressed_to_rgb(png, MAX), RGB)
+    smooth = np.full((16, 16, 3), (30, 140, 220), np.uint8)
+    jpeg = CompressedImage(format="jpeg")
+    jpeg.data = cv2.imencode(".jpg", smooth[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    assert np.abs(compressed_to_rgb(jpeg, MAX).astype(int) - smooth).max() <= 4
+    grey = CompressedImage(format="png")
+    grey.data = cv2.imencode(".png", RGB[..., 1])[1].tobytes()
+    assert np.array_equal(compressed_to_rgb(grey, MAX), np.repeat(RGB[..., 1:2], 3, 2))
+
+
+def test_outputs_carry_the_header_and_encoding():
+    header = Header(frame_id="cam0")
+    header.stamp.sec, header.stamp.nanosec = 12, 345
+    mask = array_to_image(RGB[..., 0].copy(), "mono8", header)
+    assert (mask.header, mask.encoding, mask.width, mask.height, mask.step) == (header, "mono8", 10, 6, 10)
+    assert np.array_equal(image_to_rgb(array_to_image(RGB, "rgb8", header), MAX), RGB)
+
+
+def bad_frames():
+    unknown = make_image(RGB, "rgb8")
+    unknown.encoding = "weird42"
+    short_step = make_image(RGB, "rgb8")
+    short_step.step = 20
+    truncated = make_image(RGB, "rgb8")
+    truncated.data = bytes(truncated.data[:-7])
+    empty = Image(height=0, width=0, encoding="rgb8", step=0)
+    huge = Image(height=5000, width=5000, encoding="mono8", step=5000)  # rejected before its data is read
+    odd_yuv = make_image(np.zeros((2, 3, 2), np.uint8), "yuv422")  # 3 px wide: not a whole UYVY pair
+    return {"unknown encoding": (unknown, "unsupported encoding"), "step too small": (short_step, "step 20"),
+            "truncated": (truncated, "truncated"), "0x0": (empty, "empty 0x0"),
+            "huge": (huge, "max_image_pixels"), "odd yuv width": (odd_yuv, "yuv422")}
+
+
+@pytest.mark.parametrize("case", list(bad_frames()))
+def test_malformed_raw_frames_raise_one_clear_line(case):
+    msg, words = bad_frames()[case]
+    with pytest.raises(VLTSegError, match=words) as info:
+        image_to_rgb(msg, MAX, where="/cam/image")
+    assert "\n" not in str(info.value) and "/cam/image" in str(info.value)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0 not really a jpeg", bytes(100)])
+def test_undecodable_compressed_frames_raise(data):
+    msg = CompressedImage(format="jpeg")
+    msg.data = data
+    with pytest.raises(VLTSegError, match="CompressedImage on image/compressed"):
+        compressed_to_rgb(msg, MAX)
+
+
+def test_huge_compressed_frame_is_rejected_after_decoding():
+    msg = CompressedImage(format="png")
+    msg.data = cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes()
+    with pytest.raises(VLTSegError, match="max_image_pixels=1000"):
+        compressed_to_rgb(msg, 1000)
