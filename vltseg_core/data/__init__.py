@@ -1,0 +1,1 @@
+"""Datasets in their native layouts, their label maps (YAML) and the training transforms."""
