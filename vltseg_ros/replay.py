@@ -1,0 +1,512 @@
+"""Rosbag2 replay evaluation: run a predictor over the camera topics of a bag, with no ROS install needed.
+
+The `rosbags` library reads and writes the bag (sqlite3 and mcap). Every image message read is accounted for:
+it is either processed (its mask, colour and confidence images go to the output bag with the input's header and
+bag timestamp) or skipped with a reason. Labels, when given, are scored with the same ConfusionMatrix as
+`vltseg eval`. The report (JSON + Markdown), plots and the optional overlay video go next to the output bag.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.rosbag2.errors import ReaderError
+from rosbags.typesys import Stores, get_typestore
+from tqdm import tqdm
+
+from vltseg_core.errors import VLTSegError
+
+TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE, COMPRESSED)
+OUTPUTS = ("mask", "color", "confidence")  # published under <camera namespace>/segmentation/<name>
+STAGES = ("decode", "preprocess", "inference", "postprocess", "write", "total")
+MAX_PIXELS = 64_000_000
+OVERLAY_ALPHA = 0.5
+# What a damaged storage file raises while it is being read (sqlite3 and the mcap parser).
+BAG_READ_ERRORS = (ReaderError, sqlite3.Error, struct.error, EOFError, OSError, ValueError, KeyError, AssertionError)
+
+
+# -- bags -----------------------------------------------------------------------------------------------------
+def storage_of(bag: Path) -> StoragePlugin:
+    """The storage plugin of a bag directory (metadata.yaml) or of a bare .mcap / .db3 file."""
+    if bag.is_dir():
+        try:
+            meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+            identifier = meta["storage_identifier"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            raise VLTSegError(f"bag {bag} has no readable metadata.yaml ({exc}; expected a rosbag2 directory)") from None
+    else:
+        identifier = {".mcap": "mcap", ".db3": "sqlite3"}.get(bag.suffix, bag.suffix)
+    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+    if identifier not in plugins:
+        raise VLTSegError(f"bag {bag} uses storage '{identifier}' (expected sqlite3 or mcap)")
+    return plugins[identifier]
+
+
+def open_bag(bag: Path) -> Reader:
+    """An open rosbags Reader; a missing, truncated or corrupt bag is one clear error line."""
+    if not bag.exists():
+        raise VLTSegError(f"bag not found: {bag} (expected a rosbag2 directory, .mcap or .db3 file)")
+    storage_of(bag)
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except (*BAG_READ_ERRORS, FileNotFoundError) as exc:
+        raise VLTSegError(f"bag {bag} is corrupt or truncated and cannot be opened ({exc})") from None
+    return reader
+
+
+def camera_namespace(topic: str) -> str:
+    """`/front/image_raw/compressed` -> `/front`: outputs go where the node would publish them for that camera."""
+    parts = topic.rstrip("/").split("/")
+    if parts[-1] == "compressed":
+        parts = parts[:-1]
+    return "/".join(parts[:-1])
+
+
+def output_topics(image_topics: list[str]) -> dict[str, dict[str, str]]:
+    """Per input topic, its output topics; cameras sharing a namespace get the input topic as namespace."""
+    spaces = Counter(camera_namespace(t) for t in image_topics)
+    result = {}
+    for topic in image_topics:
+        ns = camera_namespace(topic) if spaces[camera_namespace(topic)] == 1 else topic.rstrip("/")
+        result[topic] = {name: f"{ns}/segmentation/{name}" for name in OUTPUTS}
+    return result
+
+
+def stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def image_msg(array: np.ndarray, encoding: str, header):
+    """A rosbags sensor_msgs/Image (mono8 HxW or rgb8 HxWx3) carrying exactly `header`."""
+    image_type = TYPESTORE.types[IMAGE]
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    channels = array.shape[2] if array.ndim == 3 else 1
+    return image_type(header=header, height=array.shape[0], width=array.shape[1], encoding=encoding,
+                      is_bigendian=0, step=array.shape[1] * channels, data=array.reshape(-1))
+
+
+def decode(msgtype: str, msg, where: str) -> np.ndarray:
+    """Image / CompressedImage (rosbags message) -> HxWx3 uint8 RGB, through the node's own conversions."""
+    from vltseg_ros.image_conversions import compressed_to_rgb, image_to_rgb
+
+    if msgtype == COMPRESSED:
+        return compressed_to_rgb(msg, MAX_PIXELS, where)
+    return image_to_rgb(msg, MAX_PIXELS, where)
+
+
+def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The colour mask blended over the camera image (both HxWx3 RGB)."""
+    return cv2.addWeighted(rgb, 1.0 - alpha, color, alpha, 0.0)
+
+
+# -- labels ---------------------------------------------------------------------------------------------------
+def topic_folder(topic: str) -> str:
+    """The folder name that holds one camera's label PNGs: `/front/image_raw` -> `front_image_raw`."""
+    return topic.strip("/").replace("/", "_")
+
+
+def label_image(msgtype: str, msg, where: str) -> np.ndarray:
+    """A label message (mono8 Image or png CompressedImage of trainIds) -> HxW uint8."""
+    if msgtype == IMAGE:
+        if msg.encoding not in ("mono8", "8UC1"):
+            raise VLTSegError(f"label image on {where} has encoding '{msg.encoding}' (expected mono8 trainIds)")
+        rows = np.asarray(msg.data, np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)
+        return np.ascontiguousarray(rows[:, : msg.width])
+    labels = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if labels is None or labels.ndim != 2:
+        raise VLTSegError(f"label image on {where} is not a single-channel png (expected trainIds)")
+    return labels.astype(np.uint8)
+
+
+@dataclass
+class LabelSource:
+    """Ground truth per frame, looked up by (header stamp, frame_id), then by stamp alone."""
+
+    description: str
+    by_key: dict = field(default_factory=dict)
+
+    def find(self, header, topic: str) -> np.ndarray | None:
+        stamp = stamp_ns(header)
+        for key in ((stamp, header.frame_id), (topic_folder(topic), stamp), stamp):
+            if key in self.by_key:
+                value = self.by_key[key]
+                return value() if callable(value) else value
+        return None
+
+
+def labels_from_topic(reader: Reader, topic: str) -> LabelSource:
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns or conns[0].msgtype not in IMAGE_TYPES:
+        raise VLTSegError(f"label topic '{topic}' is not an Image/CompressedImage topic of {reader.path} "
+                          f"(topics there: {sorted({c.topic for c in reader.connections})})")
+    source = LabelSource(f"topic {topic}")
+    for conn, _, data in reader.messages(connections=conns):
+        msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
+        labels = label_image(conn.msgtype, msg, topic)
+        source.by_key[(stamp_ns(msg.header), msg.header.frame_id)] = labels
+        source.by_key[stamp_ns(msg.header)] = labels
+    return source
+
+
+def labels_from_dir(folder: Path) -> LabelSource:
+    """Label PNGs (trainIds) named by the frame's header stamp: `<ns>.png`, `<sec>.<nanosec>.png` or
+    `<sec>_<nanosec>.png`, optionally in a sub-folder per camera named after its topic (`front_image_raw/` for
+    `/front/image_raw`)."""
+    if not folder.is_dir():
+        raise VLTSegError(f"--labels {folder}: neither a topic of the bag nor a folder (expected '/topic' or a "
+                          f"folder of <stamp>.png trainId images)")
+    source = LabelSource(f"folder {folder}")
+
+    def loader(path: Path):
+        return lambda: _read_label_png(path)
+
+    for path in sorted(folder.rglob("*.png")):
+        stem = path.stem.replace("_", ".")
+        try:
+            sec, _, nsec = stem.partition(".")
+            stamp = int(sec) * 1_000_000_000 + int(nsec.ljust(9, "0")[:9]) if nsec else int(sec)
+        except ValueError:
+            continue
+        if path.parent != folder:
+            source.by_key[(path.parent.name, stamp)] = loader(path)
+        source.by_key.setdefault(stamp, loader(path))
+    if not source.by_key:
+        raise VLTSegError(f"--labels {folder}: no label PNG named by timestamp (expected e.g. "
+                          f"1700000000123456789.png or 1700000000.123456789.png)")
+    return source
+
+
+def _read_label_png(path: Path) -> np.ndarray:
+    labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if labels is None or labels.ndim != 2:
+        raise VLTSegError(f"label file {path} is not a single-channel PNG of trainIds")
+    return labels.astype(np.uint8)
+
+
+# -- statistics -----------------------------------------------------------------------------------------------
+@dataclass
+class TopicStats:
+    read: int = 0
+    processed: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    in_metadata: int = 0
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "processed": self.processed, "skipped": sum(self.skipped.values()),
+                "skipped_reasons": dict(self.skipped), "in_bag_metadata": self.in_metadata}
+
+
+def percentiles(samples_s: list[float]) -> dict:
+    if not samples_s:
+        return {"n": 0}
+    ms = np.asarray(samples_s) * 1000.0
+    return {"n": int(ms.size), "mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)),
+            "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+
+
+class VideoSink:
+    """One mp4v overlay video per camera topic, opened at the first frame's size."""
+
+    def __init__(self, out_dir: Path, fps: float):
+        self.out_dir, self.fps = out_dir, fps
+        self.writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int], Path]] = {}
+
+    def path_for(self, topic: str) -> Path:
+        return self.out_dir / f"overlay{topic.replace('/', '_')}.mp4"
+
+    def add(self, topic: str, frame_rgb: np.ndarray) -> None:
+        size = (frame_rgb.shape[1], frame_rgb.shape[0])
+        if topic not in self.writers:
+            path = self.path_for(topic)
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
+            if not writer.isOpened():
+                raise VLTSegError(f"OpenCV cannot write mp4v video {path}")
+            self.writers[topic] = (writer, size, path)
+        writer, first_size, _ = self.writers[topic]
+        if size != first_size:
+            frame_rgb = cv2.resize(frame_rgb, first_size, interpolation=cv2.INTER_AREA)
+        writer.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> list[Path]:
+        for writer, _, _ in self.writers.values():
+            writer.release()
+        return [path for _, _, path in self.writers.values()]
+
+
+def video_fps(reader: Reader, topics: list[str]) -> float:
+    """The cameras' frame rate from the bag's metadata (messages / duration), clamped to 1..60."""
+    counts = [c.msgcount for c in reader.connections if c.topic in topics]
+    duration_s = reader.duration / 1e9 if reader.message_count else 0.0
+    if not counts or duration_s <= 0:
+        return 10.0
+    return float(np.clip((max(counts) - 1) / duration_s, 1.0, 60.0))
+
+
+# -- the replay -----------------------------------------------------------------------------------------------
+def select_image_topics(reader: Reader, topics: list[str] | None, exclude: str | None) -> list[str]:
+    types = {c.topic: c.msgtype for c in reader.connections}
+    image_topics = sorted(t for t, m in types.items() if m in IMAGE_TYPES and t != exclude)
+    if not topics:
+        if not image_topics:
+            raise VLTSegError(f"bag {reader.path} has no sensor_msgs/Image or CompressedImage topic "
+                              f"(topics there: {sorted(types)})")
+        return image_topics
+    for topic in topics:
+        if topic not in types:
+            raise VLTSegError(f"topic '{topic}' is not in bag {reader.path} (image topics there: {image_topics})")
+        if types[topic] not in IMAGE_TYPES:
+            raise VLTSegError(f"topic '{topic}' in bag {reader.path} has type {types[topic]} "
+                              f"(expected sensor_msgs/msg/Image or sensor_msgs/msg/CompressedImage)")
+    return list(dict.fromkeys(topics))
+
+
+def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None, labels: str | None = None,
+           copy_inputs: bool = False, video: bool = False) -> dict:
+    """Run `predictor` over the image topics of `bag`; write `out_dir/bag`, report.{json,md}, plots, videos.
+
+    Returns the report. A bag that breaks off part-way keeps everything done so far: the output bag and report
+    are written, then a VLTSegError says where it broke.
+    """
+    bag, out_dir = Path(bag), Path(out_dir)
+    storage = storage_of(bag) if bag.exists() else None
+    reader = open_bag(bag)
+    out_bag = out_dir / "bag"
+    if out_bag.exists():
+        reader.close()
+        raise VLTSegError(f"output bag {out_bag} already exists (expected a new --out folder; nothing overwritten)")
+    try:
+        label_topic = labels if labels in {c.topic for c in reader.connections} else None
+        selected = select_image_topics(reader, topics, label_topic)
+        label_source = None
+        if label_topic:
+            label_source = labels_from_topic(reader, label_topic)
+        elif labels:
+            label_source = labels_from_dir(Path(labels))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = _run(reader, storage, predictor, out_dir, out_bag, selected, label_source, copy_inputs, video)
+    finally:
+        reader.close()
+    if report["bag_error"]:
+        raise VLTSegError(f"bag {bag} breaks off after {report['frames']['read']} frames ({report['bag_error']}); "
+                          f"the results for the frames before it are in {out_dir}")
+    if report["frames"]["read"] and not report["frames"]["processed"]:
+        reasons = "; ".join(f"{n} x {r}" for r, n in report["frames"]["skipped_reasons"].items())
+        raise VLTSegError(f"no frame of {bag} could be processed: {reasons}")
+    return report
+
+
+def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_bag: Path, selected: list[str],
+         label_source: LabelSource | None, copy_inputs: bool, video: bool) -> dict:
+    from vltseg_core.evaluation import ConfusionMatrix
+
+    table = predictor.class_table
+    palette = table.palette()
+    names = output_topics(selected)
+    stats = {t: TopicStats() for t in selected}
+    for conn in reader.connections:
+        if conn.topic in stats:
+            stats[conn.topic].in_metadata += conn.msgcount
+    latencies: dict[str, list[float]] = defaultdict(list)
+    matrix = ConfusionMatrix(num_classes=table.num_classes, ignore_index=table.ignore_index) if label_source else None
+    label_counts = Counter()
+    sink = VideoSink(out_dir, video_fps(reader, selected)) if video else None
+    in_conns = [c for c in reader.connections if copy_inputs or c.topic in stats]
+    bag_error = None
+    total = sum(s.in_metadata for s in stats.values())
+    t_start = time.perf_counter()
+    with Writer(out_bag, version=9, storage_plugin=storage) as writer:
+        outs = {t: {name: writer.add_connection(topic, IMAGE, typestore=TYPESTORE) for name, topic in n.items()}
+                for t, n in names.items()}
+        copies = {c.id: _copy_connection(writer, c) for c in in_conns} if copy_inputs else {}
+        bar = tqdm(total=total, desc="replay", unit="frame")
+        messages = reader.messages(connections=in_conns)
+        while True:
+            try:
+                conn, timestamp, data = next(messages)
+            except StopIteration:
+                break
+            except BAG_READ_ERRORS as exc:
+                bag_error = f"{type(exc).__name__}: {exc}"
+                break
+            if copy_inputs:
+                writer.write(copies[conn.id], timestamp, data)
+            if conn.topic not in stats:
+                continue
+            s = stats[conn.topic]
+            s.read += 1
+            bar.update()
+            t0 = time.perf_counter()
+            try:
+                msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
+            except Exception as exc:  # noqa: BLE001 - any deserializer failure is a damaged message, not a bug here
+                s.skipped[f"undeserializable {conn.msgtype} message ({type(exc).__name__})"] += 1
+                continue
+            try:
+                rgb = decode(conn.msgtype, msg, conn.topic)
+                t1 = time.perf_counter()
+                pred = predictor.predict(rgb)
+            except VLTSegError as exc:
+                s.skipped[str(exc)] += 1
+                continue
+            t2 = time.perf_counter()
+            color = palette[pred.labels]
+            confidence = np.round(pred.confidence * 255.0).astype(np.uint8)
+            for name, array, encoding in (("mask", pred.labels, "mono8"), ("color", color, "rgb8"),
+                                          ("confidence", confidence, "mono8")):
+                writer.write(outs[conn.topic][name], timestamp,
+                             TYPESTORE.serialize_cdr(image_msg(array, encoding, msg.header), IMAGE))
+            t3 = time.perf_counter()
+            s.processed += 1
+            for stage, seconds in (("decode", t1 - t0), *predictor.last_timings.items(), ("write", t3 - t2),
+                                   ("total", t3 - t0)):
+                latencies[stage].append(seconds)
+            if matrix is not None:
+                _score(matrix, label_source, msg.header, conn.topic, pred.labels, label_counts)
+            if sink is not None:
+                sink.add(conn.topic, overlay(rgb, color))
+        bar.close()
+    wall = time.perf_counter() - t_start
+    videos = sink.close() if sink else []
+    return _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
+                         label_source, label_counts, videos, bag_error, copy_inputs)
+
+
+def _copy_connection(writer: Writer, conn):
+    """The same topic and type in the output bag, with the input's own message definition when it has one."""
+    if conn.msgdef.data and conn.digest:
+        return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
+                                     offered_qos_profiles=conn.ext.offered_qos_profiles)
+    return writer.add_connection(conn.topic, conn.msgtype, typestore=TYPESTORE,
+                                 offered_qos_profiles=conn.ext.offered_qos_profiles)
+
+
+def _score(matrix, source: LabelSource, header, topic: str, pred: np.ndarray, counts: Counter) -> None:
+    try:
+        labels = source.find(header, topic)
+    except VLTSegError:
+        counts["unreadable label"] += 1
+        return
+    if labels is None:
+        counts["no label for this stamp"] += 1
+    elif labels.shape != pred.shape:
+        counts[f"label size {labels.shape[1]}x{labels.shape[0]} != image size {pred.shape[1]}x{pred.shape[0]}"] += 1
+    else:
+        matrix.update(pred, labels)
+        counts["evaluated"] += 1
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
+                  label_source, label_counts, videos, bag_error, copy_inputs) -> dict:
+    frames = TopicStats()
+    for s in stats.values():
+        frames.read += s.read
+        frames.processed += s.processed
+        frames.skipped.update(s.skipped)
+        frames.in_metadata += s.in_metadata
+    report = {
+        "bag": str(reader.path),
+        "storage": {StoragePlugin.MCAP: "mcap", StoragePlugin.SQLITE3: "sqlite3"}[storage],
+        "output_bag": str(out_bag),
+        "copied_inputs": copy_inputs,
+        "model": predictor.identity(),
+        "frames": frames.as_dict(),
+        "topics": {t: {**s.as_dict(), "outputs": names[t]} for t, s in stats.items()},
+        "latency_ms": {stage: percentiles(latencies[stage]) for stage in STAGES if stage in latencies},
+        "wall_s": wall,
+        "throughput_fps": frames.processed / wall if wall > 0 else 0.0,
+        "bag_error": bag_error,
+        "labels": None,
+        "files": {"report_json": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md"),
+                  "latency_histogram": str(out_dir / "latency_histogram.png"),
+                  "videos": [str(v) for v in videos]},
+    }
+    if matrix is not None:
+        report["labels"], paths = _label_summary(matrix, predictor.class_table, report["model"], report["bag"],
+                                                 label_source, label_counts, out_dir)
+        report["files"].update({f"eval_{kind}": str(path) for kind, path in paths.items()})
+    if latencies:
+        latency_histogram(latencies, out_dir / "latency_histogram.png")
+    else:
+        del report["files"]["latency_histogram"]
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out_dir / "report.md").write_text(report_markdown(report))
+    return report
+
+
+def _label_summary(matrix, table, identity: dict, bag: str, source: LabelSource, counts: Counter,
+                   out_dir: Path) -> tuple[dict, dict[str, Path]]:
+    """mIoU / per-class IoU through the report writers of `vltseg eval` (eval.json, eval.md, eval_iou.png)."""
+    from vltseg_core.evaluation import TargetResult, make_report, write_reports
+
+    target = TargetResult(name=f"replay:{Path(bag).name}", confusion=matrix, class_ids=list(range(table.num_classes)),
+                          num_images=counts["evaluated"], extra={"labels": source.description,
+                                                                  "label_matching": dict(counts)})
+    meta = {"model": identity.get("model") or identity.get("onnx") or identity.get("backend"), "identity": identity}
+    report = make_report([target], meta, table)
+    return report["targets"][0], write_reports(report, out_dir, stem="eval")
+
+
+def latency_histogram(latencies: dict[str, list[float]], path: Path) -> Path:
+    """One histogram per stage (ms), stacked vertically, with p50/p95 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in STAGES if latencies.get(s)]
+    fig, axes = plt.subplots(len(stages), 1, figsize=(7, 1.8 * len(stages)), squeeze=False)
+    for ax, stage in zip(axes[:, 0], stages):
+        ms = np.asarray(latencies[stage]) * 1000.0
+        ax.hist(ms, bins=min(50, max(5, ms.size // 2)), color="#4477aa")
+        for q, style in ((50, "-"), (95, "--")):
+            ax.axvline(np.percentile(ms, q), color="k", linestyle=style, linewidth=1, label=f"p{q}")
+        ax.set_ylabel(stage)
+    axes[0, 0].legend(loc="upper right", fontsize="small")
+    axes[-1, 0].set_xlabel("latency per frame (ms)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def report_markdown(report: dict) -> str:
+    f = report["frames"]
+    lines = [f"# Replay of `{report['bag']}`", "",
+             f"Model: `{json.dumps(report['model'], default=str)}`", "",
+             f"Output bag: `{report['output_bag']}` ({report['storage']})", "",
+             f"Frames: {f['read']} read, {f['processed']} processed, {f['skipped']} skipped; "
+             f"throughput {report['throughput_fps']:.2f} frames/s over {report['wall_s']:.1f} s.", ""]
+    if report["bag_error"]:
+        lines += [f"**The bag breaks off** after {f['read']} frames ({f['in_bag_metadata']} in its metadata): "
+                  f"{report['bag_error']}", ""]
+    lines += ["| topic | read | processed | skipped | outputs |", "| --- | ---: | ---: | ---: | --- |"]
+    for topic, s in report["topics"].items():
+        lines.append(f"| `{topic}` | {s['read']} | {s['processed']} | {s['skipped']} | "
+                     f"`{s['outputs']['mask'].rsplit('/', 1)[0]}/*` |")
+    if f["skipped_reasons"]:
+        lines += ["", "Skipped frames:", ""] + [f"- {n} x {r}" for r, n in f["skipped_reasons"].items()]
+    lines += ["", "| stage | p50 ms | p95 ms | p99 ms | mean ms |", "| --- | ---: | ---: | ---: | ---: |"]
+    for stage, p in report["latency_ms"].items():
+        lines.append(f"| {stage} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['mean']:.1f} |")
+    if report["labels"]:
+        lab = report["labels"]
+        miou = "n/a" if lab["miou"] is None else f"{lab['miou']:.2f}"
+        lines += ["", f"## mIoU {miou} (labels from {lab['labels']})", "",
+                  "Label matching: " + ", ".join(f"{n} {k}" for k, n in lab["label_matching"].items()) + ".",
+                  f"Per-class IoU: `{Path(report['files']['eval_markdown']).name}`, "
+                  f"`{Path(report['files']['eval_chart']).name}`."]
+    return "\n".join(lines) + "\n"
