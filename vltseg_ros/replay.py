@@ -34,7 +34,8 @@ STAGES = ("decode", "preprocess", "inference", "postprocess", "write", "total")
 MAX_PIXELS = 64_000_000
 OVERLAY_ALPHA = 0.5
 # What a damaged storage file raises while it is being read (sqlite3 and the mcap parser).
-BAG_READ_ERRORS = (ReaderError, sqlite3.Error, struct.error, EOFError, OSError, ValueError, KeyError, AssertionError)
+BAG_READ_ERRORS = (ReaderError, sqlite3.Error, struct.error, EOFError, OSError, ValueError, KeyError, AssertionError,
+                   OverflowError, IndexError)
 
 
 # -- bags -----------------------------------------------------------------------------------------------------
@@ -63,7 +64,8 @@ def open_bag(bag: Path) -> Reader:
         reader = Reader(bag)
         reader.open()
     except (*BAG_READ_ERRORS, FileNotFoundError) as exc:
-        raise VLTSegError(f"bag {bag} is corrupt or truncated and cannot be opened ({exc})") from None
+        raise VLTSegError(f"bag {bag} is corrupt or truncated and cannot be opened ({exc}); a recording that was cut "
+                          f"off can often be repaired with `ros2 bag reindex` (sqlite3) or `mcap recover`") from None
     return reader
 
 
@@ -300,7 +302,7 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
     finally:
         reader.close()
     if report["bag_error"]:
-        raise VLTSegError(f"bag {bag} breaks off after {report['frames']['read']} frames ({report['bag_error']}); "
+        raise VLTSegError(f"bag {bag} cannot be read past frame {report['frames']['read']} ({report['bag_error']}); "
                           f"the results for the frames before it are in {out_dir}")
     if report["frames"]["read"] and not report["frames"]["processed"]:
         reasons = "; ".join(f"{n} x {r}" for r, n in report["frames"]["skipped_reasons"].items())
@@ -491,7 +493,7 @@ def report_markdown(report: dict) -> str:
              f"Frames: {f['read']} read, {f['processed']} processed, {f['skipped']} skipped; "
              f"throughput {report['throughput_fps']:.2f} frames/s over {report['wall_s']:.1f} s.", ""]
     if report["bag_error"]:
-        lines += [f"**The bag breaks off** after {f['read']} frames ({f['in_bag_metadata']} in its metadata): "
+        lines += [f"**The bag cannot be read** past frame {f['read']} ({f['in_bag_metadata']} in its metadata): "
                   f"{report['bag_error']}", ""]
     lines += ["| topic | read | processed | skipped | outputs |", "| --- | ---: | ---: | ---: | --- |"]
     for topic, s in report["topics"].items():
