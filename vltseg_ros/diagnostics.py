@@ -1,0 +1,83 @@
+"""Counters and latencies of the segmentation node, and the /diagnostics message built from them.
+
+Counters are cumulative (received, processed, dropped, skipped, unwatched); rates and latencies cover the last
+diagnostics period, so a glance at `/diagnostics` shows what happens now.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+STAGES = ("decode", "preprocess", "inference", "postprocess", "publish")
+WINDOW = 1000  # samples kept per period; enough for 1 kHz at the default 1 s period
+
+
+def _window() -> deque:
+    return deque(maxlen=WINDOW)
+
+
+@dataclass
+class CameraStats:
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0  # replaced by a newer frame before the worker got to it (live mode)
+    skipped: int = 0  # bad input or a frame the model cannot take
+    unwatched: int = 0  # not processed because nobody subscribed to any output (live mode)
+    ages: deque = field(default_factory=_window)  # header stamp -> publish, node clock (sim time aware), s
+    queue_latencies: deque = field(default_factory=_window)  # receive -> publish, steady clock, s
+    last_received: int = 0
+    last_processed: int = 0
+    last_skipped: int = 0
+
+
+@dataclass
+class NodeStats:
+    identity: dict = field(default_factory=dict)
+    mode: str = ""
+    state: str = "unconfigured"
+    cameras: dict[str, CameraStats] = field(default_factory=dict)
+    stages: dict[str, deque] = field(default_factory=lambda: {s: _window() for s in STAGES})
+
+    def add_camera(self, topic: str) -> None:
+        self.cameras[topic] = CameraStats()
+
+    def camera(self, topic: str) -> CameraStats:
+        return self.cameras[topic]
+
+    def stage(self, name: str, seconds: float) -> None:
+        self.stages.setdefault(name, _window()).append(seconds)
+
+
+def _ms(samples: deque, reduce=np.mean) -> str:
+    values = list(samples)
+    samples.clear()
+    return f"{reduce(values) * 1000:.1f}" if values else "nan"
+
+
+def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) -> DiagnosticArray:
+    """One status for the model (identity, per-stage latency) and one per camera (counters, rates, age)."""
+    model = DiagnosticStatus(name=f"{node_name}: model", hardware_id=str(stats.identity.get("device", "")),
+                             level=DiagnosticStatus.OK, message=f"{stats.state}, {stats.mode} mode")
+    model.values = [KeyValue(key=k, value=str(v)) for k, v in stats.identity.items()]
+    model.values += [KeyValue(key=f"latency_ms/{name}", value=_ms(samples)) for name, samples in stats.stages.items()]
+    statuses = [model]
+    for topic, cam in stats.cameras.items():
+        in_rate = (cam.received - cam.last_received) / period
+        out_rate = (cam.processed - cam.last_processed) / period
+        level = DiagnosticStatus.WARN if cam.skipped > cam.last_skipped else DiagnosticStatus.OK
+        cam.last_received, cam.last_processed, cam.last_skipped = cam.received, cam.processed, cam.skipped
+        status = DiagnosticStatus(name=f"{node_name}: {topic}", level=level, hardware_id=topic,
+                                  message=f"{out_rate:.1f} of {in_rate:.1f} frames/s segmented")
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in (
+            ("received", cam.received), ("processed", cam.processed), ("dropped", cam.dropped),
+            ("skipped_bad_input", cam.skipped), ("unwatched", cam.unwatched),
+            ("input_rate_hz", f"{in_rate:.2f}"), ("output_rate_hz", f"{out_rate:.2f}"),
+            ("input_age_ms_max", _ms(cam.ages.copy(), np.max)), ("input_age_ms_mean", _ms(cam.ages)),
+            ("receive_to_publish_ms_mean", _ms(cam.queue_latencies)))]
+        statuses.append(status)
+    msg = DiagnosticArray(status=statuses)
+    msg.header.stamp = stamp
+    return msg
