@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,6 +64,91 @@ class ConfusionMatrix:
         return float(np.trace(self.mat[:, : self.num_classes]) / total) if total else float("nan")
 
 
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@dataclass(frozen=True)
+class TTA:
+    """Test-time augmentation: probabilities averaged over these scales (of the network input size) and,
+    with flip, their horizontal mirrors (mmseg's aug_test ratios by default)."""
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    flip: bool = True
+
+    def describe(self) -> dict[str, Any]:
+        return {"scales": list(self.scales), "flip": self.flip}
+
+
+def tta_probs(predictor: Any, rgb: np.ndarray, tta: TTA) -> np.ndarray:
+    """(C,H,W) probabilities averaged over the TTA views, each brought back to the input resolution."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+    from vltseg_core.predictor import Predictor, fit_size
+
+    settings = predictor.settings
+    if predictor.backend.input_size is not None and settings.mode == "whole" and tuple(tta.scales) != (1.0,):
+        raise VLTSegError(f"multi-scale TTA {list(tta.scales)} needs a dynamic-size model: this graph only takes "
+                          f"{predictor.backend.input_size} (expected --mode slide, or a dynamic ONNX export)")
+    base = fit_size(rgb.shape[:2], settings.size) if settings.size else rgb.shape[:2]
+    # the views are resized here, so the inner predictor must not resize them back to the preset size
+    inner = Predictor(predictor.backend, predictor.class_table, replace(settings, size=None))
+    h, w = rgb.shape[:2]
+    total = None
+    for scale in tta.scales:
+        size = (max(1, int(base[0] * scale + 0.5)), max(1, int(base[1] * scale + 0.5)))
+        view = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) if size != (h, w) else rgb
+        for flip in ((False, True) if tta.flip else (False,)):
+            probs = torch.from_numpy(inner.predict_probs(np.ascontiguousarray(view[:, ::-1]) if flip else view))
+            if flip:
+                probs = probs.flip(-1)
+            if tuple(probs.shape[1:]) != (h, w):
+                probs = F.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            total = probs if total is None else total + probs
+    return (total / (len(tta.scales) * (2 if tta.flip else 1))).numpy()
+
+
+def _as_tta(tta: bool | TTA | dict | None) -> TTA | None:
+    if tta is None or tta is False:
+        return None
+    if tta is True:
+        return TTA()
+    if isinstance(tta, dict):
+        return TTA(scales=tuple(float(s) for s in tta.get("scales", TTA.scales)), flip=bool(tta.get("flip", True)))
+    return tta
+
+
+def evaluate_dataset(predictor: Any, dataset: Any, tta: bool | TTA | dict | None = False, limit: int | None = None,
+                     name: str | None = None) -> TargetResult:
+    """Confusion matrix of `predictor` over `dataset` (its first `limit` images), with a progress bar."""
+    from tqdm import tqdm
+
+    aug = _as_tta(tta)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    name = name or f"{dataset.kind}:{dataset.split}"
+    cm = ConfusionMatrix(predictor.class_table.num_classes)
+    for i in tqdm(range(count), desc=f"eval {name}", unit="img", dynamic_ncols=True):
+        sample = dataset[i]
+        if aug is None:
+            pred = predictor.predict(sample.image).labels
+        else:
+            pred = tta_probs(predictor, sample.image, aug).argmax(axis=0).astype(np.uint8)
+        cm.update(pred, sample.label)
+    return TargetResult(name=name, confusion=cm, class_ids=list(dataset.class_ids), num_images=count,
+                        extra={"root": str(dataset.root)})
+
+
+def evaluate(predictor: Any, datasets: Any, tta: bool | TTA | dict | None = False, limit: int | None = None,
+             model: str | None = None) -> dict[str, Any]:
+    """Evaluate on one dataset or a list of them; the report holds one entry per target and the mean mIoU
+    over targets (the paper's domain-generalization table)."""
+    datasets = datasets if isinstance(datasets, (list, tuple)) else [datasets]
+    results = [evaluate_dataset(predictor, d, tta=tta, limit=limit) for d in datasets]
+    aug = _as_tta(tta)
+    meta = {"model": model or predictor.identity().get("model", "model"), "predictor": predictor.identity(),
+            "tta": aug.describe() if aug else None, "limit": limit}
+    return make_report(results, meta, predictor.class_table)
+
+
 # ---------------------------------------------------------------------------------------------- reports
 
 
@@ -85,13 +170,14 @@ class TargetResult:
             "pixel_accuracy": _pct(self.confusion.pixel_accuracy()),
             "class_ids": list(self.class_ids),
             "iou": {table.names[c]: _pct(iou[c]) for c in self.class_ids},
+            "confusion_matrix": self.confusion.mat.tolist(),  # rows: ground truth; last column: 'no class'
             **self.extra,
         }
 
 
 def _pct(x: float) -> float | None:
-    """Fraction -> percent rounded for reports; nan -> None (JSON null)."""
-    return None if x is None or math.isnan(x) else round(100.0 * float(x), 2)
+    """Fraction -> percent for reports (full precision; Markdown rounds); nan -> None (JSON null)."""
+    return None if x is None or math.isnan(x) else 100.0 * float(x)
 
 
 def make_report(results: list[TargetResult], meta: dict[str, Any], class_table: str | ClassTable = "cityscapes"
@@ -102,7 +188,7 @@ def make_report(results: list[TargetResult], meta: dict[str, Any], class_table: 
     targets = [r.to_dict(table) for r in results]
     mious = [t["miou"] for t in targets if t["miou"] is not None]
     return {**meta, "class_table": table.name, "targets": targets,
-            "mean_miou": round(sum(mious) / len(mious), 2) if mious else None}
+            "mean_miou": sum(mious) / len(mious) if mious else None}
 
 
 def _fmt(x: float | None) -> str:
