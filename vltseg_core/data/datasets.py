@@ -294,3 +294,15 @@ def build_dataset(kind: str, root: str | Path, split: str | None = None, *, tran
                                   transform=transform, seed=seed, resize_image_to_label=spec.resize_image_to_label)
     dataset.load(0)
     return dataset
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, Path, str | None]:
+    """'KIND:ROOT[:SPLIT]' (the `--data` argument) -> (kind, root, split or None)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest or kind not in DATASETS:
+        raise VLTSegError(f"--data '{spec}' (expected KIND:ROOT[:SPLIT] with KIND one of {', '.join(DATASETS)})")
+    root, split = rest, None
+    head, sep, tail = rest.rpartition(":")
+    if sep and head and tail and "/" not in tail:
+        root, split = head, tail
+    return kind, Path(root), split

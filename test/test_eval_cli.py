@@ -1,0 +1,78 @@
+"""`vltseg eval` end to end on a tiny CamVid-layout download with the tiny-test preset (random weights): the
+report files exist and their numbers equal a ConfusionMatrix computed here from the same predictor."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vltseg_core.cli import main
+from vltseg_core.data.label_maps import load_label_map
+from vltseg_core.evaluation import ConfusionMatrix
+
+
+@pytest.fixture()
+def camvid_tiny(tmp_path):
+    rng = np.random.default_rng(5)
+    root = tmp_path / "camvid"
+    for split, n in (("val", 3), ("train", 2)):
+        lines = []
+        for i in range(n):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+            Image.fromarray(rng.integers(0, 12, (36, 48), dtype=np.uint8)).save(root / f"{split}annot" / f"{i}.png")
+            lines.append(f"{split}/{i}.png {split}annot/{i}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_eval_cli_two_targets_report_matches_independent_confusion(tmp_path, camvid_tiny, capsys):
+    out = tmp_path / "report"
+    torch.manual_seed(0)  # the bare preset's random weights: the same ones are rebuilt below
+    rc = main(["eval", "--model", "tiny-test", "--data", f"camvid:{camvid_tiny}",
+               "--data", f"camvid:{camvid_tiny}:train", "--out", str(out)])
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} == {"eval.json", "eval.md", "eval_iou.png"}
+    report = json.loads((out / "eval.json").read_text())
+    assert report["model"] == "tiny-test" and report["command"].startswith("vltseg eval --model tiny-test")
+
+    from vltseg_core.predictor import load_predictor
+
+    torch.manual_seed(0)
+    predictor = load_predictor("tiny-test")
+    class_ids = list(load_label_map("camvid11").class_ids)
+    mious = []
+    for target, split in zip(report["targets"], ("val", "train")):
+        cm = ConfusionMatrix()
+        lut = load_label_map("camvid11").lut
+        for line in (camvid_tiny / f"{split}.txt").read_text().split("\n"):
+            if line:
+                image_file, label_file = line.split()
+                rgb = np.array(Image.open(camvid_tiny / image_file).convert("RGB"))
+                cm.update(predictor.predict(rgb).labels, lut[np.array(Image.open(camvid_tiny / label_file))])
+        assert target["name"] == f"camvid:{split}"
+        assert target["confusion_matrix"] == cm.mat.tolist()
+        assert target["miou"] == pytest.approx(100 * cm.miou(class_ids))
+        iou = cm.iou()
+        names = predictor.class_table.names
+        for c in class_ids:
+            got = target["iou"][names[c]]
+            assert (got is None and np.isnan(iou[c])) or got == pytest.approx(100 * iou[c])
+        mious.append(100 * cm.miou(class_ids))
+    assert report["mean_miou"] == pytest.approx(np.mean(mious))
+    assert f"| tiny-test | {mious[0]:.2f} | {mious[1]:.2f} | {np.mean(mious):.2f} |" in (out / "eval.md").read_text()
+    assert "[eval] json:" in capsys.readouterr().out
+
+
+def test_eval_cli_bad_data_is_one_clear_line(tmp_path, capsys):
+    assert main(["eval", "--model", "tiny-test", "--data", f"camvid:{tmp_path}/missing", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "camvid: dataset root not found" in err and "missing" in err
+    assert main(["eval", "--data", "kitti:/data", "--out", str(tmp_path / "o")]) == 2
+    assert "expected KIND:ROOT[:SPLIT]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
