@@ -1,0 +1,131 @@
+"""The backend interface and the one place that chooses a backend.
+
+A backend turns a float32 (N,3,H,W) RGB 0..255 batch into float32 (N,C,H,W) class probabilities. Everything
+else (resizing, sliding windows, argmax) lives in the predictor, so all backends give comparable results.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from vltseg_core.errors import VLTSegError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    num_classes: int
+    # (H, W) when the graph only takes one input size (fixed ONNX / static engine), None when any size works.
+    input_size: tuple[int, int] | None
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (or uint8) (N,3,H,W) RGB 0..255 -> float32 (N,C,H,W) probabilities. The predictor sends
+        uint8 so GPU backends upload a quarter of the bytes and convert on the device."""
+
+    def identity(self) -> dict:
+        """What exactly runs (backend, device, precision, model/engine sha...), for logs and reports."""
+
+
+def check_batch(batch: np.ndarray, input_size: tuple[int, int] | None, where: str) -> np.ndarray:
+    """Validate a backend input once, with one clear error line."""
+    if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1] != 3 or 0 in batch.shape:
+        shape = getattr(batch, "shape", type(batch).__name__)
+        raise VLTSegError(f"{where}: input batch has shape {shape} (expected float32 (N,3,H,W) RGB 0..255)")
+    if batch.dtype not in (np.float32, np.uint8):
+        raise VLTSegError(f"{where}: input batch has dtype {batch.dtype} (expected float32 or uint8 RGB 0..255)")
+    if input_size is not None and tuple(batch.shape[2:]) != tuple(input_size):
+        raise VLTSegError(f"{where}: input is {batch.shape[2]}x{batch.shape[3]} but the graph was built for "
+                          f"{input_size[0]}x{input_size[1]} (expected that size; export a dynamic graph for others)")
+    return np.ascontiguousarray(batch)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def tensorrt_installed() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> why it is (not) usable here; used for `auto` and for error messages."""
+    status = {"torch": "available (CPU" + (" and CUDA)" if cuda_available() else " only)")}
+    if importlib.util.find_spec("onnxruntime") is None:
+        status["onnxruntime"] = "not installed (pip install '.[export]')"
+    else:
+        import onnxruntime as ort
+
+        status["onnxruntime"] = "available, providers: " + ", ".join(ort.get_available_providers())
+    if not tensorrt_installed():
+        status["tensorrt"] = "not installed (TensorRT 10 Python API, on the GPU machine only)"
+    elif not cuda_available():
+        status["tensorrt"] = "installed but no CUDA GPU is visible"
+    else:
+        status["tensorrt"] = "available"
+    return status
+
+
+def choose_backend(requested: str, source_kind: str, device: str) -> tuple[str, str]:
+    """(backend name, reason). `source_kind` is 'model' (PyTorch weights), 'onnx' or 'engine'."""
+    if requested != "auto":
+        if requested not in BACKENDS:
+            raise VLTSegError(f"unknown backend '{requested}' (expected one of auto, {', '.join(BACKENDS)})")
+        if source_kind == "engine" and requested != "tensorrt":
+            raise VLTSegError(f"a TensorRT engine only runs on backend 'tensorrt', not '{requested}'")
+        if source_kind == "onnx" and requested == "torch":
+            raise VLTSegError("an ONNX file runs on 'onnxruntime' or 'tensorrt', not 'torch' (give a preset or "
+                              "checkpoint for torch)")
+        return requested, "requested by name"
+    status = available_backends()
+    if source_kind == "engine":
+        return "tensorrt", "a serialized TensorRT engine was given"
+    gpu = device.startswith("cuda")
+    if gpu and status["tensorrt"] == "available":
+        return "tensorrt", "TensorRT and a CUDA GPU are available (fastest on NVIDIA GPUs)"
+    if source_kind == "onnx":
+        if status["onnxruntime"].startswith("available"):
+            return "onnxruntime", f"ONNX graph given; tensorrt {status['tensorrt']}"
+        raise VLTSegError(f"cannot run an ONNX graph: onnxruntime {status['onnxruntime']}")
+    if gpu:
+        return "torch", f"device {device}; tensorrt {status['tensorrt']}"
+    return "torch", "PyTorch weights on CPU (no export step needed; onnxruntime is an explicit choice)"
+
+
+def source_kind(path_or_name: str) -> str:
+    suffix = Path(path_or_name).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return "engine"
+    return "model"
+
+
+def create_backend(name: str, source, device: str = "cpu", precision: str = "fp32") -> Backend:
+    """Instantiate backend `name` (already chosen) for `source`: an nn.Module (torch), or an ONNX / engine path."""
+    if precision not in PRECISIONS:
+        raise VLTSegError(f"unknown precision '{precision}' (expected one of {', '.join(PRECISIONS)})")
+    if name == "torch":
+        from vltseg_core.backends.torch_backend import TorchBackend
+
+        return TorchBackend(source, device=device, precision=precision)
+    if name == "onnxruntime":
+        from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(Path(source), device=device, precision=precision)
+    if name == "tensorrt":
+        from vltseg_core.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(Path(source), device=device)
+    raise VLTSegError(f"unknown backend '{name}' (expected one of {', '.join(BACKENDS)})")

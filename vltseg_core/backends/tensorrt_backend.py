@@ -1,0 +1,112 @@
+"""Native TensorRT 10 backend: one engine, one execution context, its own CUDA stream, pinned host buffers.
+
+Images travel to the GPU as uint8 (a quarter of the float bytes) and become float there. CUDA memory and the
+stream come from torch, which is installed anyway, so no pycuda/cuda-python is needed.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from vltseg_core.backends.base import check_batch
+from vltseg_core.errors import VLTSegError
+from vltseg_core.export.engine_cache import InputProfile, runtime_mismatch, verify_engine_file
+from vltseg_core.export.tensorrt_build import current_gpu, engine_for_onnx, tensorrt_version
+
+log = logging.getLogger(__name__)
+
+
+def _usable_engine(engine: Path, device: str) -> tuple[Path, dict]:
+    """Check the engine against this TensorRT and GPU; rebuild it from its ONNX (logged) when they differ."""
+    manifest = verify_engine_file(engine)
+    version = tensorrt_version()
+    gpu_name, capability = current_gpu(device)
+    reason = runtime_mismatch(manifest, version, gpu_name, capability)
+    if reason is None:
+        return engine, manifest
+    onnx = Path(manifest.get("metadata", {}).get("onnx", ""))
+    if not onnx.is_file():
+        raise VLTSegError(f"TensorRT engine {engine} does not fit this machine ({reason}) and its ONNX source "
+                          f"{onnx} is not here to rebuild it (expected an engine built on this GPU and TensorRT)")
+    log.warning("TensorRT engine %s does not fit this machine (%s); rebuilding from %s", engine, reason, onnx)
+    spec = manifest["spec"]
+    profile = spec["profile"]
+    engine = engine_for_onnx(onnx, precision=spec["precision"], device=device, engine_path=engine,
+                             size=tuple(profile["opt"][2:]), min_size=tuple(profile["min"][2:]),
+                             max_size=tuple(profile["max"][2:]),
+                             batch=(profile["min"][0], profile["opt"][0], profile["max"][0]))
+    return engine, verify_engine_file(engine)
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, engine_path: Path, device: str = "cuda"):
+        import tensorrt as trt
+        import torch
+
+        self.engine_path, self.manifest = _usable_engine(Path(engine_path), device)
+        self.device = torch.device(device)
+        self.torch = torch
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self.engine is None:
+            raise VLTSegError(f"TensorRT could not deserialize {self.engine_path} (corrupt, or built by another "
+                              "TensorRT version; rebuild with `vltseg export trt`)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1:
+            raise VLTSegError(f"{self.engine_path} has inputs {inputs} (expected one image input)")
+        self.input_name = inputs[0]
+        self.output_names = [n for n in names if n not in inputs]
+        self.probs_name = "probs" if "probs" in self.output_names else self.output_names[0]
+        lo, opt, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0))
+        self.profile = InputProfile(self.input_name, lo, opt, hi)
+        self.input_size = tuple(lo[2:]) if lo[2:] == hi[2:] else None
+        self.num_classes = int(self.engine.get_tensor_shape(self.probs_name)[1])
+        self.dtypes = {n: torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(n)))).dtype
+                       for n in names}
+        self.stream = torch.cuda.Stream(self.device)
+        self._pinned: dict[tuple, object] = {}
+
+    def _host_buffer(self, shape: tuple, dtype) -> "object":
+        key = (shape, dtype)
+        if key not in self._pinned:
+            self._pinned[key] = self.torch.empty(shape, dtype=dtype, pin_memory=True)
+        return self._pinned[key]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        batch = check_batch(batch, self.input_size, f"backend tensorrt ({self.engine_path.name})")
+        if not self.profile.contains(batch.shape):
+            raise VLTSegError(f"input {'x'.join(map(str, batch.shape))} is outside the engine's profile "
+                              f"({self.profile.describe()}; expected a shape inside it, or rebuild with other sizes)")
+        host_in = self._host_buffer(batch.shape, torch.from_numpy(batch[:0]).dtype)
+        host_in.numpy()[...] = batch
+        with torch.cuda.stream(self.stream):
+            images = host_in.to(self.device, non_blocking=True).to(self.dtypes[self.input_name])
+            self.context.set_input_shape(self.input_name, tuple(batch.shape))
+            self.context.set_tensor_address(self.input_name, images.data_ptr())
+            outputs = {}
+            for name in self.output_names:
+                outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+                                            device=self.device)
+                self.context.set_tensor_address(name, outputs[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise VLTSegError(f"TensorRT execution failed for {self.engine_path} (see the TensorRT log)")
+            probs = outputs[self.probs_name].float()
+            host_out = self._host_buffer(tuple(probs.shape), torch.float32)
+            host_out.copy_(probs, non_blocking=True)
+        self.stream.synchronize()
+        return host_out.numpy().copy()
+
+    def identity(self) -> dict:
+        spec = self.manifest.get("spec", {})
+        return {"backend": self.name, "device": str(self.device), "precision": spec.get("precision"),
+                "engine": str(self.engine_path), "engine_sha256": self.manifest.get("engine_sha256"),
+                "onnx_sha256": spec.get("onnx_sha256"), "tensorrt": spec.get("tensorrt_version"),
+                "gpu": spec.get("gpu_name"), "profile": spec.get("profile")}

@@ -1,0 +1,1 @@
+"""ONNX export with parity and FP16 checks, and TensorRT engines behind a trustworthy cache."""

@@ -1,0 +1,182 @@
+"""ONNX export (dynamo exporter; fixed or dynamic H/W) and the ORT-vs-PyTorch parity check that gates it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vltseg_core.errors import VLTSegError
+
+log = logging.getLogger(__name__)
+
+# TensorRT 10's ONNX parser covers opsets 9..20; 18 is what the dynamo exporter emits natively and has
+# LayerNormalization (17+), which TensorRT maps to its normalization layer (kept in fp32 under FP16 builds).
+OPSET = 18
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("probs", "labels", "confidence")
+
+
+class ExportWrapper(torch.nn.Module):
+    """The exported graph: raw RGB 0..255 in, probabilities out; optionally also argmax labels (int32) and max
+    confidence, so a deployment can fetch (N,H,W) results instead of copying (N,C,H,W) back from the GPU."""
+
+    def __init__(self, model: torch.nn.Module, deploy_outputs: bool = False):
+        super().__init__()
+        self.model = model
+        self.deploy_outputs = deploy_outputs
+
+    def forward(self, images: torch.Tensor):
+        probs = self.model(images)
+        if not self.deploy_outputs:
+            return probs
+        confidence, labels = probs.max(dim=1)
+        return probs, labels.to(torch.int32), confidence
+
+
+@dataclass
+class ParityReport:
+    size: tuple[int, int]
+    max_abs_diff: float
+    argmax_agreement: float
+
+    def line(self) -> str:
+        return (f"{self.size[0]}x{self.size[1]}: max |p_ort - p_torch| = {self.max_abs_diff:.2e}, "
+                f"argmax agreement = {100 * self.argmax_agreement:.3f}%")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x1024' -> (512, 1024) (height x width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise VLTSegError(f"size '{text}' is not HEIGHTxWIDTH (expected e.g. 512x1024)") from None
+    if h <= 0 or w <= 0:
+        raise VLTSegError(f"size '{text}' must be positive (expected e.g. 512x1024)")
+    return h, w
+
+
+def export_onnx(model: torch.nn.Module, out: Path, size: tuple[int, int], dynamic: bool = False,
+                deploy_outputs: bool = False, opset: int = OPSET) -> Path:
+    """Export `model` to `out` (one self-contained file, written atomically). `size` is the traced example size;
+    with `dynamic` the batch, height and width axes stay symbolic."""
+    model = model.eval().cpu()
+    wrapper = ExportWrapper(model, deploy_outputs)
+    # Batch 2 when dynamic: torch.export specialises dims whose example value is 0 or 1.
+    shape = (2 if dynamic else 1, 3, *size)
+    example = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0)).float()
+    names = list(OUTPUT_NAMES if deploy_outputs else OUTPUT_NAMES[:1])
+    dynamic_shapes = None
+    if dynamic:
+        auto = torch.export.Dim.AUTO
+        dynamic_shapes = {"images": {0: auto, 2: auto, 3: auto}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    log.info("exporting ONNX (opset %d, %s %dx%d) to %s", opset, "dynamic" if dynamic else "fixed", *size, out)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=names,
+                                        dynamic_shapes=dynamic_shapes, external_data=False)
+        program.save(str(tmp), external_data=False)
+        _write_metadata(tmp, model, dynamic, size)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write_metadata(path: Path, model: torch.nn.Module, dynamic: bool, size: tuple[int, int]) -> None:
+    """Preset, class table and export settings travel inside the graph so an .onnx alone is a usable model."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    meta = {"vltseg.preset": json.dumps(getattr(model, "preset", {}), sort_keys=True),
+            "vltseg.class_table": str(getattr(model, "class_table", "cityscapes")),
+            "vltseg.num_classes": str(int(getattr(model, "num_classes", 0))),
+            "vltseg.dynamic": json.dumps(dynamic), "vltseg.export_size": json.dumps(list(size))}
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def graph_metadata(path: Path) -> dict:
+    """Preset / class table stored in an exported ONNX graph, or in the manifest beside a TensorRT engine."""
+    if path.suffix.lower() != ".onnx":
+        from vltseg_core.export.engine_cache import read_manifest
+
+        return (read_manifest(path) or {}).get("metadata", {})
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise VLTSegError(f"{path} is not a readable ONNX file ({type(exc).__name__}; expected an exported graph)") from exc
+    props = {p.key: p.value for p in proto.metadata_props}
+    return {"preset": json.loads(props.get("vltseg.preset", "{}")),
+            "class_table": props.get("vltseg.class_table", "cityscapes"),
+            "num_classes": int(props.get("vltseg.num_classes", "0") or 0),
+            "dynamic": json.loads(props.get("vltseg.dynamic", "false"))}
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, sizes: list[tuple[int, int]],
+                 images: list[np.ndarray] | None = None, max_abs_diff: float = 1e-3,
+                 min_agreement: float = 0.999) -> list[ParityReport]:
+    """Run ONNX Runtime (CPU) and PyTorch on the same inputs; raise VLTSegError over the tolerance."""
+    from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from vltseg_core.backends.torch_backend import TorchBackend
+
+    ort_backend = OnnxRuntimeBackend(onnx_path)
+    torch_backend = TorchBackend(model)
+    rng = np.random.default_rng(0)
+    reports = []
+    for i, size in enumerate(sizes):
+        if images:
+            import cv2
+
+            img = cv2.resize(images[i % len(images)], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            batch = img.transpose(2, 0, 1)[None].astype(np.float32)
+        else:
+            batch = rng.integers(0, 256, (1, 3, *size)).astype(np.float32)
+        ref, got = torch_backend.infer(batch), ort_backend.infer(batch)
+        report = ParityReport(size, float(np.abs(ref - got).max()),
+                              float((ref.argmax(1) == got.argmax(1)).mean()))
+        log.info("ONNX parity %s", report.line())
+        reports.append(report)
+        if not np.isfinite(got).all() or report.max_abs_diff > max_abs_diff or report.argmax_agreement < min_agreement:
+            raise VLTSegError(f"ONNX parity check failed for {onnx_path} at {report.line()} (expected max diff <= "
+                              f"{max_abs_diff:g} and agreement >= {100 * min_agreement:g}%)")
+    return reports
+
+
+def module_digest(model: torch.nn.Module) -> str:
+    """sha256 over the preset and every parameter/buffer: names a model independent of where it came from."""
+    digest = hashlib.sha256(json.dumps(getattr(model, "preset", {}), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_onnx(model: torch.nn.Module, model_id: str) -> Path:
+    """A dynamic-size export of `model` in the asset cache (reused while the weights are unchanged)."""
+    from filelock import FileLock
+
+    from vltseg_core.assets import cache_dir
+
+    path = cache_dir() / "onnx" / f"{module_digest(model)[:16]}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            log.info("exporting %s to ONNX for a graph backend (once; cached at %s)", model_id, path)
+            test = getattr(model, "preset", {}).get("test", {})
+            size = tuple(test.get("crop_size") or model.preset.get("train", {}).get("crop_size") or (512, 512))
+            export_onnx(model, path, size=size, dynamic=True)
+            check_parity(model, path, [size])
+    return path

@@ -1,0 +1,263 @@
+"""The one inference API: RGB uint8 image in, trainId labels + confidence out, at the input resolution.
+
+Backends only map float batches to probabilities; resizing, sliding windows, overlap averaging and argmax live
+here so that every backend is post-processed identically (and backend parity is a like-for-like comparison).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vltseg_core.backends.base import Backend, choose_backend, create_backend, source_kind
+from vltseg_core.classes import ClassTable, load_class_table
+from vltseg_core.errors import VLTSegError
+
+log = logging.getLogger(__name__)
+
+MODES = ("whole", "slide")
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # HxW uint8 trainIds, 255 = unknown
+    confidence: np.ndarray  # HxW float32 in [0, 1]
+
+
+@dataclass
+class InferenceSettings:
+    """How an image is fed to the network; presets carry these under `test:` (mode, size, crop_size, stride)."""
+
+    mode: str = "whole"
+    # whole: resize so the image fits this (H, W) keeping its aspect ratio (mmseg's rule); None = input size.
+    # slide: the same resize happens first, then crops slide over the result.
+    size: tuple[int, int] | None = None
+    crop_size: tuple[int, int] = (1024, 1024)
+    stride: tuple[int, int] = (768, 768)
+    crops_per_batch: int = 4
+    min_confidence: float = 0.0  # pixels below this become 255 (unknown)
+
+    @classmethod
+    def from_preset(cls, preset: dict | None, mode: str | None = None) -> "InferenceSettings":
+        cfg = dict((preset or {}).get("test") or {})
+        if mode is not None:
+            cfg["mode"] = mode
+        s = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in cls.__dataclass_fields__})
+        if s.mode not in MODES:
+            raise VLTSegError(f"unknown inference mode '{s.mode}' (expected one of {', '.join(MODES)})")
+        for name in ("crop_size", "stride"):
+            value = getattr(s, name)
+            if len(value) != 2 or min(value) <= 0:
+                raise VLTSegError(f"preset test.{name} is {value} (expected two positive ints [h, w])")
+        return s
+
+
+def validate_image(rgb: np.ndarray) -> np.ndarray:
+    """One clear error for anything that is not an HxWx3 uint8 RGB image."""
+    if not isinstance(rgb, np.ndarray):
+        raise VLTSegError(f"image is a {type(rgb).__name__} (expected an HxWx3 uint8 RGB numpy array)")
+    if rgb.dtype != np.uint8:
+        raise VLTSegError(f"image has dtype {rgb.dtype} (expected uint8 RGB 0..255)")
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise VLTSegError(f"image has shape {rgb.shape} (expected HxWx3 RGB; convert grey/RGBA/BGR first)")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise VLTSegError(f"image is empty ({rgb.shape[0]}x{rgb.shape[1]}; expected at least 1x1 pixels)")
+    return rgb
+
+
+def fit_size(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """Resize (h, w) to fit `target` keeping the aspect ratio (long side <= max(target), short <= min(target))."""
+    h, w = hw
+    scale = min(max(target) / max(h, w), min(target) / min(h, w))
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of sliding windows covering [0, length); the last window is aligned to the end (mmseg)."""
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    return sorted({min(i * stride, max(length - crop, 0)) for i in range(count)})
+
+
+class Predictor:
+    def __init__(self, backend: Backend, class_table: ClassTable, settings: InferenceSettings | None = None):
+        self.backend = backend
+        self.class_table = class_table
+        self.settings = settings or InferenceSettings()
+        self.last_timings: dict[str, float] = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    def identity(self) -> dict:
+        s = self.settings
+        return {**self.backend.identity(), "mode": s.mode, "size": s.size, "crop_size": s.crop_size, "stride": s.stride,
+                "class_table": self.class_table.name}
+
+    # -- public API ---------------------------------------------------------------------------------------
+    def predict(self, rgb: np.ndarray) -> Prediction:
+        return self.predict_batch([rgb])[0]
+
+    def predict_probs(self, rgb: np.ndarray) -> np.ndarray:
+        """(C, H, W) float32 probabilities at the input resolution (the building block for TTA)."""
+        rgb = validate_image(rgb)
+        timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        probs = self._probs_at_input([rgb], timings)[0]
+        self.last_timings = timings
+        return probs.numpy()
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+        images = [validate_image(rgb) for rgb in images]
+        timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        results = []
+        for probs in self._probs_at_input(images, timings):
+            t0 = time.perf_counter()
+            confidence, labels = probs.max(dim=0)
+            labels = labels.to(torch.uint8).numpy()
+            confidence = confidence.numpy().astype(np.float32, copy=False)
+            if self.settings.min_confidence > 0:
+                labels[confidence < self.settings.min_confidence] = 255
+            results.append(Prediction(labels=labels, confidence=np.clip(confidence, 0.0, 1.0)))
+            timings["postprocess"] += time.perf_counter() - t0
+        self.last_timings = timings
+        return results
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _network_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        fixed = self.backend.input_size
+        if fixed is not None and self.settings.mode == "whole":
+            return tuple(fixed)
+        return fit_size(hw, self.settings.size) if self.settings.size else hw
+
+    def _probs_at_input(self, images: list[np.ndarray], timings: dict) -> list[torch.Tensor]:
+        """Probabilities (C,H,W) per image at its own resolution; same-size images share backend calls."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        t0 = time.perf_counter()
+        groups: dict[tuple[int, int], list[int]] = {}
+        resized = []
+        for i, rgb in enumerate(images):
+            size = self._network_size(rgb.shape[:2])
+            img = rgb if size == rgb.shape[:2] else cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            resized.append(np.ascontiguousarray(img.transpose(2, 0, 1)))  # uint8: backends convert
+            groups.setdefault(size, []).append(i)
+        timings["preprocess"] += time.perf_counter() - t0
+        for indices in groups.values():
+            batch = np.stack([resized[i] for i in indices])
+            if self.settings.mode == "slide":
+                probs = self._slide(batch, timings)
+            else:
+                t1 = time.perf_counter()
+                probs = torch.from_numpy(self.backend.infer(batch))
+                timings["inference"] += time.perf_counter() - t1
+            t2 = time.perf_counter()
+            for j, i in enumerate(indices):
+                out[i] = self._to_input_size(probs[j], images[i].shape[:2])
+            timings["postprocess"] += time.perf_counter() - t2
+        return out
+
+    def _to_input_size(self, probs: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        if tuple(probs.shape[1:]) == tuple(hw):
+            return probs
+        return F.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
+
+    def _slide(self, batch: np.ndarray, timings: dict) -> torch.Tensor:
+        """Sliding-window inference: probabilities averaged where crops overlap."""
+        s = self.settings
+        crop = tuple(self.backend.input_size) if self.backend.input_size is not None else s.crop_size
+        n, _, h, w = batch.shape
+        t0 = time.perf_counter()
+        pad_h, pad_w = max(crop[0] - h, 0), max(crop[1] - w, 0)
+        if (pad_h or pad_w) and self.backend.input_size is not None:  # a fixed-size graph needs full crops
+            batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)))
+        else:
+            pad_h = pad_w = 0
+        H, W = batch.shape[2:]
+        windows = [(y, x) for y in window_starts(H, crop[0], s.stride[0]) for x in window_starts(W, crop[1], s.stride[1])]
+        crops = [(k, y, x) for k in range(n) for (y, x) in windows]
+        timings["preprocess"] += time.perf_counter() - t0
+        total = count = None
+        for start in range(0, len(crops), s.crops_per_batch):
+            chunk = crops[start:start + s.crops_per_batch]
+            t1 = time.perf_counter()
+            tiles = np.stack([batch[k, :, y:y + crop[0], x:x + crop[1]] for k, y, x in chunk])
+            probs = torch.from_numpy(self.backend.infer(tiles))
+            timings["inference"] += time.perf_counter() - t1
+            t2 = time.perf_counter()
+            if total is None:
+                total = torch.zeros((n, probs.shape[1], H, W), dtype=torch.float32)
+                count = torch.zeros((n, 1, H, W), dtype=torch.float32)
+            for (k, y, x), p in zip(chunk, probs):
+                th, tw = p.shape[1:]
+                total[k, :, y:y + th, x:x + tw] += p
+                count[k, :, y:y + th, x:x + tw] += 1
+            timings["postprocess"] += time.perf_counter() - t2
+        return (total / count)[:, :, : H - pad_h, : W - pad_w]
+
+
+# -- the factory ------------------------------------------------------------------------------------------
+def _load_module(model: str) -> tuple[torch.nn.Module, str]:
+    """A VLTSeg module for a preset name, a checkpoint path or `demo`, and a string that identifies it."""
+    if model == "demo":
+        from vltseg_core.pretrained import load_demo_model
+
+        return load_demo_model(), "demo"
+    path = Path(model)
+    if path.suffix:  # a file: our checkpoint format
+        if not path.is_file():
+            raise VLTSegError(f"model file not found: {path} (expected a checkpoint, .onnx or .engine file)")
+        from vltseg_core.checkpoint import load_checkpoint
+
+        return load_checkpoint(path), f"checkpoint:{path}"
+    from vltseg_core.models import build_model
+
+    log.warning("model '%s' is a bare preset: weights are randomly initialised (give a checkpoint for real use)",
+                model)
+    return build_model(model), f"preset:{model}"
+
+
+def load_predictor(model: str, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
+                   mode: str | None = None, settings: InferenceSettings | None = None) -> Predictor:
+    """The one factory. `model`: preset name, checkpoint path, `demo`, an .onnx file or a TensorRT engine.
+
+    `backend` is a name or `auto` (the choice and its reason are logged); `mode` overrides the preset's
+    whole/slide mode; `settings` overrides all inference settings.
+    """
+    kind = source_kind(str(model))
+    chosen, reason = choose_backend(backend, kind, device)
+    log.info("backend %s for %s (%s)", chosen, model, reason)
+    if kind == "model":
+        module, model_id = _load_module(str(model))
+        preset, table = getattr(module, "preset", {}), load_class_table(getattr(module, "class_table", "cityscapes"))
+        if chosen == "torch":
+            from vltseg_core.backends.torch_backend import TorchBackend
+
+            impl = TorchBackend(module, device=device, precision=precision, model_id=model_id)
+        else:
+            from vltseg_core.export.onnx_export import cached_onnx
+
+            onnx_path = cached_onnx(module, model_id)
+            impl = _graph_backend(chosen, onnx_path, device, precision)
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise VLTSegError(f"model file not found: {path} (expected an existing .onnx or engine file)")
+        impl = _graph_backend(chosen, path, device, precision)
+        from vltseg_core.export.onnx_export import graph_metadata
+
+        meta = graph_metadata(path)
+        preset, table = meta.get("preset", {}), load_class_table(meta.get("class_table", "cityscapes"))
+    return Predictor(impl, table, settings or InferenceSettings.from_preset(preset, mode))
+
+
+def _graph_backend(name: str, path: Path, device: str, precision: str) -> Backend:
+    if name == "tensorrt" and path.suffix == ".onnx":
+        from vltseg_core.export.tensorrt_build import engine_for_onnx
+
+        path = engine_for_onnx(path, precision=precision, device=device)
+    return create_backend(name, path, device=device, precision=precision)
