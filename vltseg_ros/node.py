@@ -54,6 +54,7 @@ class Frame:
 class Camera:
     """One camera's topics, queue and latest camera_info; `name` is its namespace ('' = the node's own)."""
     name: str
+    input_topic: str  # fully resolved; also the key of its counters
     pending: deque
     publishers: dict = field(default_factory=dict)
     subscriptions: list = field(default_factory=list)
@@ -126,12 +127,14 @@ class SegmentationNode(LifecycleNode):
         output_qos = LIVE_OUTPUT if mode == "live" else EVALUATION_OUTPUT
         self._cameras = []
         for name in names:
-            cam = Camera(name, deque(maxlen=1) if mode == "live" else deque())
+            relative = f"{name}/image" if name else "image"
+            topic = self.resolve_topic_name(relative if transport == "raw" else relative + "/compressed")
+            cam = Camera(name, topic, deque(maxlen=1) if mode == "live" else deque())
             for out in OUTPUTS:
                 cam.publishers[out] = self.create_publisher(Image, cam.topic(f"segmentation/{out}"), output_qos)
             cam.publishers["camera_info"] = self.create_publisher(CameraInfo, cam.topic("segmentation/camera_info"),
                                                                   output_qos)
-            self._stats.add_camera(cam.topic("image"))
+            self._stats.add_camera(cam.input_topic)
             self._cameras.append(cam)
 
         self._label_pub = self.create_publisher(label_info_type(), "segmentation/label_info", LATCHED)
@@ -150,12 +153,9 @@ class SegmentationNode(LifecycleNode):
         live = self._param("mode") == "live"
         input_qos = LIVE_INPUT if live else EVALUATION_INPUT
         for cam in self._cameras:
-            if self._param("transport") == "raw":
-                sub = self.create_subscription(Image, cam.topic("image"), self._on_image(cam), input_qos)
-            else:
-                sub = self.create_subscription(CompressedImage, cam.topic("image/compressed"),
-                                               self._on_image(cam), input_qos)
-            cam.subscriptions.append(sub)
+            msg_type = Image if self._param("transport") == "raw" else CompressedImage
+            cam.subscriptions.append(self.create_subscription(msg_type, cam.input_topic, self._on_image(cam),
+                                                              input_qos))
             if self._param("use_camera_info"):
                 cam.subscriptions.append(self.create_subscription(
                     CameraInfo, cam.topic("camera_info"), self._on_camera_info(cam), LIVE_INPUT if live else 10))
@@ -216,9 +216,9 @@ class SegmentationNode(LifecycleNode):
         def callback(msg) -> None:
             with self._lock:
                 if cam.pending.maxlen is not None and len(cam.pending) == cam.pending.maxlen:
-                    self._stats.camera(cam.topic("image")).dropped += 1
+                    self._stats.camera(cam.input_topic).dropped += 1
                 cam.pending.append(Frame(cam, msg, time.monotonic()))
-                self._stats.camera(cam.topic("image")).received += 1
+                self._stats.camera(cam.input_topic).received += 1
                 self._lock.notify()
         return callback
 
@@ -248,18 +248,14 @@ class SegmentationNode(LifecycleNode):
         live = self._param("mode") == "live"
         decoded: list[tuple[Frame, np.ndarray]] = []
         for frame in batch:
-            stats = self._stats.camera(frame.camera.topic("image"))
+            stats = self._stats.camera(frame.camera.input_topic)
             if live and not self._wanted(frame.camera):
                 stats.unwatched += 1  # lazy: nobody listens, so no decode and no inference
                 continue
             start = time.monotonic()
             try:
-                if isinstance(frame.msg, CompressedImage):
-                    rgb = compressed_to_rgb(frame.msg, self._param("max_image_pixels"),
-                                            self.resolve_topic_name(frame.camera.topic("image/compressed")))
-                else:
-                    rgb = image_to_rgb(frame.msg, self._param("max_image_pixels"),
-                                       self.resolve_topic_name(frame.camera.topic("image")))
+                convert = compressed_to_rgb if isinstance(frame.msg, CompressedImage) else image_to_rgb
+                rgb = convert(frame.msg, self._param("max_image_pixels"), frame.camera.input_topic)
             except VLTSegError as exc:
                 stats.skipped += 1
                 self._warn(f"skipped frame: {exc}")
@@ -275,7 +271,7 @@ class SegmentationNode(LifecycleNode):
                 predictions = self._predictor.predict_batch([rgb for _, rgb in group])
             except VLTSegError as exc:
                 for frame, _ in group:
-                    self._stats.camera(frame.camera.topic("image")).skipped += 1
+                    self._stats.camera(frame.camera.input_topic).skipped += 1
                 self._warn(f"skipped {len(group)} frame(s): {exc}")
                 continue
             for stage, seconds in (self._predictor.last_timings or {}).items():
@@ -304,7 +300,7 @@ class SegmentationNode(LifecycleNode):
             cam.publishers["camera_info"].publish(camera_info_for(cam.camera_info, header, *rgb.shape[:2]))
         now = time.monotonic()
         self._stats.stage("publish", now - start)
-        stats = self._stats.camera(cam.topic("image"))
+        stats = self._stats.camera(cam.input_topic)
         stats.processed += 1
         stats.ages.append((self.get_clock().now().nanoseconds - Time.from_msg(header.stamp).nanoseconds)
                           / 1e9)
