@@ -7,6 +7,7 @@ Which raw ids a dataset uses and how they map is data: configs/datasets/*.yaml (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -271,8 +272,7 @@ DATASETS: dict[str, DatasetKind] = {
     "bdd100k": DatasetKind(_bdd100k, "val", "train_ids"),
     "mapillary": DatasetKind(_mapillary, "val", "mapillary_v1.2"),
     "acdc": DatasetKind(_acdc, "val", "train_ids"),
-    **{f"acdc-{c}": DatasetKind(lambda root, split, c=c: _acdc(root, split, (c,)), "val", "train_ids")
-       for c in ACDC_CONDITIONS},
+    **{f"acdc-{c}": DatasetKind(partial(_acdc, conditions=(c,)), "val", "train_ids") for c in ACDC_CONDITIONS},
     "camvid": DatasetKind(_camvid, "val", "camvid11"),
 }
 
