@@ -92,6 +92,7 @@ class SegmentationDataset:
 
     def load(self, index: int) -> Sample:
         """The untransformed sample."""
+        index = range(len(self))[index]  # IndexError past the end; negative indices count from the end
         image_path, label_path = self.pairs[index]
         image = read_rgb(image_path)
         label = self.label_map.apply(self.read_label(label_path), label_path)
@@ -104,6 +105,7 @@ class SegmentationDataset:
         return Sample(image=image, label=label, name=name)
 
     def __getitem__(self, index: int) -> Sample:
+        index = range(len(self))[index]
         sample = self.load(index)
         if self.transform is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))
