@@ -135,7 +135,8 @@ def label_image(msgtype: str, msg, where: str) -> np.ndarray:
 
 @dataclass
 class LabelSource:
-    """Ground truth per frame, looked up by (header stamp, frame_id), then by stamp alone."""
+    """Ground truth per frame: by (header stamp, frame_id) for a label topic; by (camera folder, stamp), then
+    stamp alone, for a label folder."""
 
     description: str
     by_key: dict = field(default_factory=dict)
@@ -158,8 +159,7 @@ def labels_from_topic(reader: Reader, topic: str) -> LabelSource:
     for conn, _, data in reader.messages(connections=conns):
         msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
         labels = label_image(conn.msgtype, msg, topic)
-        source.by_key[(stamp_ns(msg.header), msg.header.frame_id)] = labels
-        source.by_key[stamp_ns(msg.header)] = labels
+        source.by_key[(stamp_ns(msg.header), msg.header.frame_id)] = labels  # a label carries its image's header
     return source
 
 
@@ -381,6 +381,9 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
                 sink.add(conn.topic, overlay(rgb, color))
         bar.close()
     wall = time.perf_counter() - t_start
+    read, listed = sum(s.read for s in stats.values()), sum(s.in_metadata for s in stats.values())
+    if bag_error is None and read < listed:  # a damaged storage file can end early without raising
+        bag_error = f"only {read} of the {listed} image messages listed in its metadata could be read"
     videos = sink.close() if sink else []
     return _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
                          label_source, label_counts, videos, bag_error, copy_inputs)
