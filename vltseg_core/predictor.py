@@ -201,7 +201,7 @@ class Predictor:
 
 
 # -- the factory ------------------------------------------------------------------------------------------
-def _load_module(model: str) -> tuple[torch.nn.Module, str]:
+def load_module(model: str) -> tuple[torch.nn.Module, str]:
     """A VLTSeg module for a preset name, a checkpoint path or `demo`, and a string that identifies it."""
     if model == "demo":
         from vltseg_core.pretrained import load_demo_model
@@ -232,7 +232,7 @@ def load_predictor(model: str, backend: str = "auto", device: str = "cpu", preci
     chosen, reason = choose_backend(backend, kind, device)
     log.info("backend %s for %s (%s)", chosen, model, reason)
     if kind == "model":
-        module, model_id = _load_module(str(model))
+        module, model_id = load_module(str(model))
         preset, table = getattr(module, "preset", {}), load_class_table(getattr(module, "class_table", "cityscapes"))
         if chosen == "torch":
             from vltseg_core.backends.torch_backend import TorchBackend

@@ -1,0 +1,114 @@
+"""`vltseg export onnx|trt`: ONNX export with parity + FP16 checks; TensorRT engines through the engine cache."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vltseg_core.errors import VLTSegError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    onnx = sub.add_parser("onnx", help="export an ONNX graph; check it against PyTorch and in FP16")
+    onnx.add_argument("--model", default="demo", help="preset, checkpoint or 'demo' (default)")
+    onnx.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    onnx.add_argument("--size", default=None, metavar="HxW", help="export/trace size (default: the preset's crop)")
+    onnx.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    onnx.add_argument("--deploy-outputs", action="store_true",
+                      help="also output argmax labels (int32) and confidence, so deployments skip the C-channel copy")
+    onnx.add_argument("--tolerance", type=float, default=1e-3, help="max |p_ort - p_torch| allowed (default 1e-3)")
+    onnx.add_argument("--fp16-data", default=None, metavar="KIND:ROOT[:SPLIT]",
+                      help="real labelled frames for the FP16 check (e.g. camvid:/data/camvid:val); without it the "
+                           "FP16 check is skipped")
+    onnx.add_argument("--fp16-frames", type=int, default=4, help="how many frames the FP16 check uses (default 4)")
+    onnx.add_argument("--report", type=Path, default=None, help="write the parity/FP16 results as JSON here")
+
+    trt = sub.add_parser("trt", help="build (or reuse) a TensorRT engine from an ONNX graph")
+    trt.add_argument("--onnx", type=Path, required=True, help="graph from `vltseg export onnx`")
+    trt.add_argument("--engine", type=Path, default=None, help="engine path (default: beside the ONNX, named by "
+                                                               "precision and GPU)")
+    precision = trt.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="FP16 engine")
+    precision.add_argument("--precision", dest="precision", choices=("fp32", "fp16", "bf16", "int8"))
+    trt.set_defaults(precision="fp32")
+    trt.add_argument("--size", default=None, metavar="HxW", help="size to optimise for (dynamic graphs)")
+    trt.add_argument("--min-size", default=None, metavar="HxW", help="smallest input (dynamic graphs)")
+    trt.add_argument("--max-size", default=None, metavar="HxW", help="largest input (dynamic graphs)")
+    trt.add_argument("--batch", default="1", metavar="MIN[,OPT,MAX]", help="batch sizes of the profile (default 1)")
+    trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit in MiB")
+    trt.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    trt.add_argument("--rebuild", action="store_true", help="rebuild even when a matching engine exists")
+    trt.add_argument("--build-only", action="store_true", help="build/verify the engine and exit (deploy scripts)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return _onnx(args) if args.target == "onnx" else _trt(args)
+
+
+def _onnx(args: argparse.Namespace) -> int:
+    from vltseg_core.data.datasets import parse_dataset_spec
+    from vltseg_core.export.fp16_check import check_fp16, load_frames
+    from vltseg_core.export.onnx_export import check_parity, export_onnx, parse_size
+    from vltseg_core.predictor import load_module
+
+    if args.out.suffix != ".onnx":
+        raise VLTSegError(f"--out {args.out} (expected a path ending in .onnx)")
+    fp16_spec = parse_dataset_spec(args.fp16_data) if args.fp16_data else None  # fail fast, before the export
+    model, model_id = load_module(args.model)
+    preset = getattr(model, "preset", {})
+    default = preset.get("test", {}).get("crop_size") or preset.get("train", {}).get("crop_size") or (512, 512)
+    size = parse_size(args.size) if args.size else tuple(default)
+    export_onnx(model, args.out, size, dynamic=args.dynamic, deploy_outputs=args.deploy_outputs)
+    print(f"[export] {model_id} -> {args.out} ({'dynamic' if args.dynamic else 'fixed'} {size[0]}x{size[1]})")
+    frames = labels = class_ids = None
+    if fp16_spec:
+        frames, labels, class_ids = load_frames(*fp16_spec, count=args.fp16_frames)
+    # Parity at the export size, and for dynamic graphs also at another, non-square size.
+    sizes = [size] + ([(size[0] + 64, size[1] - 32 if size[1] > 96 else size[1] + 32)] if args.dynamic else [])
+    parity = check_parity(model, args.out, sizes, images=frames, max_abs_diff=args.tolerance)
+    for report in parity:
+        print(f"[export] ONNX Runtime vs PyTorch {report.line()}")
+    result = {"onnx": str(args.out), "model": model_id, "parity": [vars(r) for r in parity]}
+    if frames:
+        fp16 = check_fp16(args.out, frames, labels, class_ids)
+        print(f"[export] {fp16.line()}")
+        result["fp16"] = fp16.as_dict()
+    else:
+        print("[export] FP16 check skipped (give --fp16-data KIND:ROOT[:SPLIT] to run it on real frames)")
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(result, indent=2, default=list))
+    return 0
+
+
+def _trt(args: argparse.Namespace) -> int:
+    from vltseg_core.export.onnx_export import parse_size
+    from vltseg_core.export.tensorrt_build import engine_for_onnx
+
+    try:
+        batch = tuple(int(b) for b in args.batch.split(","))
+    except ValueError:
+        raise VLTSegError(f"--batch '{args.batch}' (expected N or MIN,OPT,MAX)") from None
+    if len(batch) not in (1, 3):
+        raise VLTSegError(f"--batch '{args.batch}' (expected N or MIN,OPT,MAX)")
+    batch = batch * 3 if len(batch) == 1 else batch
+    sizes = {k: parse_size(getattr(args, k)) if getattr(args, k) else None for k in ("size", "min_size", "max_size")}
+    engine = engine_for_onnx(args.onnx, precision=args.precision, device=args.device, engine_path=args.engine,
+                             batch=batch, workspace_mib=args.workspace_mib, force=args.rebuild, **sizes)
+    print(f"[export] TensorRT engine: {engine}")
+    if args.build_only:
+        return 0
+    import numpy as np
+
+    from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from vltseg_core.backends.tensorrt_backend import TensorRTBackend
+
+    trt_backend = TensorRTBackend(engine, device=args.device)
+    shape = trt_backend.profile.opt
+    batch_in = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
+    ref, got = OnnxRuntimeBackend(args.onnx).infer(batch_in), trt_backend.infer(batch_in)
+    agreement = float((ref.argmax(1) == got.argmax(1)).mean())
+    print(f"[export] TensorRT vs ONNX Runtime at {'x'.join(map(str, shape))}: max |dp| "
+          f"{float(np.abs(ref - got).max()):.2e}, argmax agreement {100 * agreement:.3f}%")
+    return 0
