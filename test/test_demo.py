@@ -1,0 +1,91 @@
+"""`vltseg demo` end to end on a short clip of the real demo bag: the real node in its own process (tiny-test
+model), real rclpy, its answers recorded and turned into the video, PNGs and report a person looks at."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rosbags.rosbag2 import Reader
+
+from vltseg_core.cli import main as cli_main
+from vltseg_ros.demo import DemoOptions, run_demo, select_frames
+from vltseg_ros.demo_bag import IMAGE_TOPIC, prepare_demo_bag
+from vltseg_ros.replay import TYPESTORE
+
+
+@pytest.fixture(scope="module")
+def demo_bag() -> Path:
+    return prepare_demo_bag()  # `vltseg setup` made it already; idempotent
+
+
+def test_select_frames_subsamples_the_clip(demo_bag):
+    topic, msgtype, frames = select_frames(demo_bag, seconds=2.0, fps=5.0, start=1.0)
+    assert topic == IMAGE_TOPIC and msgtype == "sensor_msgs/msg/CompressedImage"
+    assert len(frames) == 10  # 25 fps video, every 5th frame
+    assert np.diff([f.timestamp for f in frames]).tolist() == [200_000_000] * 9
+    assert all(f.info is not None for f in frames)  # the CameraInfo with the same stamp rides along
+
+
+def test_demo_end_to_end_on_a_short_clip(tmp_path, demo_bag, capsys):
+    rc = cli_main(["demo", "--model", "tiny-test", "--seconds", "0.6", "--fps", "5", "--pngs", "2",
+                   "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    (out,) = tmp_path.iterdir()
+    report = json.loads((out / "report.json").read_text())
+    f = report["frames"]
+    assert f["played"] == 3 and f["segmented"] == 3 and f["dropped"] == 0
+    assert f["outputs_with_input_header"] == 3 and f["unexpected_outputs"] == {}
+    assert {k: f["per_output"][k] for k in ("mask", "color", "confidence", "overlay")} == dict.fromkeys(
+        ("mask", "color", "confidence", "overlay"), 3)
+    node = report["node"]
+    assert node["exit_code"] == 0 and node["identity"]["model"] == "preset:tiny-test"
+    assert node["counters"] == {"received": 3, "processed": 3, "dropped": 0, "skipped_bad_input": 0}
+    assert "-p mode:=evaluation" in node["command"] and "-p use_sim_time:=true" in node["command"]
+    lat = report["latency_ms"]["end_to_end"]
+    assert lat["n"] == 3 and 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+    assert sum(report["class_pixel_share_percent"].values()) == pytest.approx(100.0, abs=0.1)
+
+    (video,) = report["files"]["video"]
+    cap = cv2.VideoCapture(video)
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    ok, frame = cap.read()
+    assert ok and frame.shape == (540, 960, 3)
+    cap.release()
+    pngs = report["files"]["overlay_pngs"]
+    assert len(pngs) == 2 and all(cv2.imread(p).shape == (540, 960, 3) for p in pngs)
+    assert cv2.imread(report["files"]["latency_histogram"]) is not None
+    md = (out / "report.md").read_text()
+    assert "3 played, 3 segmented, 0 dropped" in md
+    for path in [video, *pngs, report["files"]["report_md"]]:
+        assert path in printed  # the person is told where everything is
+
+    with Reader(out / "bag") as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        masks = [(t, TYPESTORE.deserialize_cdr(d, c.msgtype)) for c, t, d in reader.messages(reader.connections)
+                 if c.topic == "/camera/segmentation/mask"]
+        inputs = [(t, TYPESTORE.deserialize_cdr(d, c.msgtype)) for c, t, d in reader.messages(reader.connections)
+                  if c.topic == IMAGE_TOPIC]
+    assert counts[IMAGE_TOPIC] == counts["/camera/segmentation/mask"] == counts["/camera/segmentation/overlay"] == 3
+    for (t_in, image), (t_mask, mask) in zip(inputs, masks):
+        assert t_in == t_mask and image.header == mask.header
+        labels = np.asarray(mask.data).reshape(mask.height, mask.step)[:, : mask.width]
+        assert labels.shape == (540, 960) and labels.max() < 19
+
+
+def test_demo_bad_bag_is_one_clear_error(tmp_path, capsys):
+    rc = cli_main(["demo", "--bag", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "bag not found" in err
+
+
+def test_demo_node_that_cannot_load_its_model_is_reported(tmp_path, demo_bag):
+    from vltseg_core.errors import VLTSegError
+
+    opts = DemoOptions(model=str(tmp_path / "no_such_model.safetensors"), seconds=0.2, out=tmp_path,
+                       node_timeout=120)
+    with pytest.raises(VLTSegError, match="segmentation node exited with code"):
+        run_demo(opts)
