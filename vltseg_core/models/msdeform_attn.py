@@ -13,18 +13,16 @@ def ms_deform_attn_sample(values: list[torch.Tensor], sampling_locations: torch.
                           attention_weights: torch.Tensor) -> torch.Tensor:
     """values[l]: (N, M, D, H_l, W_l); sampling_locations: (N, Lq, M, L, P, 2) in [0, 1] (x, y);
     attention_weights: (N, Lq, M, L, P) -> (N, Lq, M * D)."""
-    n, lq, m, num_levels, p, _ = sampling_locations.shape
-    grids = 2 * sampling_locations - 1
-    sampled = []
+    n, lq, m, _, p, _ = sampling_locations.shape
+    grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)  # (N*M, Lq, L, P, 2)
+    weights = attention_weights.transpose(1, 2).flatten(0, 1).unsqueeze(1)  # (N*M, 1, Lq, L, P)
+    out = None
     for lvl, value in enumerate(values):
-        d = value.shape[2]
-        v = value.flatten(0, 1)  # (N*M, D, H, W)
-        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # (N*M, Lq, P, 2)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (N*M, D, Lq, L*P)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * p)
-    out = (stacked * weights).sum(-1).view(n, m * d, lq)
-    return out.transpose(1, 2)
+        sampled = F.grid_sample(value.flatten(0, 1), grids[:, :, lvl], mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (N*M, D, Lq, P)
+        term = (sampled * weights[:, :, :, lvl]).sum(-1)
+        out = term if out is None else out + term
+    return out.view(n, -1, lq).transpose(1, 2)
 
 
 class MSDeformAttn(nn.Module):
