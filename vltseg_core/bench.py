@@ -1,0 +1,409 @@
+"""`vltseg bench`: where the time goes, layer by layer (bare backend -> predictor -> node -> replay).
+
+This module holds the ROS-free layers, what every layer shares (percentiles, peak memory, machine identity, the
+test frame) and the JSON / Markdown / PNG report. The ROS layers live in `vltseg_ros.bench_node` and are imported
+only when asked for, so `vltseg_core` never imports ROS.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vltseg_core.errors import VLTSegError
+
+# Layer name -> "module:function"; each layer is measured on top of the one before it. A layer function takes a
+# BenchSetup and the sizes and returns one LayerResult per size.
+LAYERS: dict[str, str] = {
+    "backend": "vltseg_core.bench:bench_backend",
+    "predictor": "vltseg_core.bench:bench_predictor",
+    "node": "vltseg_ros.bench_node:bench_node",
+    "replay": "vltseg_ros.bench_node:bench_replay",
+}
+NODE_OVERHEAD_REL, NODE_OVERHEAD_ABS_MS = 0.05, 3.0  # node may add max(5 %, 3 ms) over the predictor
+REPLAY_MIN_RATIO = 0.95  # replay reaches at least 95 % of the predictor's throughput
+
+
+@dataclass
+class LayerResult:
+    """One layer measured for one backend at one input size. Replay has no per-frame latencies, only throughput."""
+
+    layer: str
+    backend: str
+    size: tuple[int, int]  # (H, W) of the input frame
+    latencies_s: list[float]  # per frame, warm-up excluded
+    frames_per_s: float
+    peak_rss_mib: float
+    cuda_max_allocated_mib: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_s, dtype=np.float64) * 1e3
+        out = asdict(self)
+        out["size"] = f"{self.size[0]}x{self.size[1]}"
+        out["n"] = int(lat.size)
+        # replay reports its own per-frame percentiles (decode + predict + write) in `details`
+        out["median_ms"] = float(np.median(lat)) if lat.size else self.details.get("median_ms")
+        out["p95_ms"] = float(np.percentile(lat, 95)) if lat.size else self.details.get("p95_ms")
+        return out
+
+
+@dataclass
+class BenchSetup:
+    """What every layer of one backend needs; the predictor is loaded once and shared by the in-process layers."""
+
+    model: str
+    backend: str
+    device: str
+    precision: str
+    warmup: int
+    iters: int
+    predictor: Any  # vltseg_core.predictor.Predictor
+    tick: Callable[[], None] = lambda: None  # advances the progress bar by one frame
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'360x480,512x1024' -> [(360, 480), (512, 1024)] (height x width)."""
+    sizes = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        match = re.fullmatch(r"(\d+)[xX](\d+)", item)
+        if not match or min(int(match[1]), int(match[2])) < 1:
+            raise VLTSegError(f"bad input size '{item}' in --sizes (expected HEIGHTxWIDTH, e.g. 360x480,512x1024)")
+        sizes.append((int(match[1]), int(match[2])))
+    if not sizes:
+        raise VLTSegError("--sizes is empty (expected HEIGHTxWIDTH[,HEIGHTxWIDTH...], e.g. 360x480)")
+    return sizes
+
+
+def parse_layers(text: str) -> list[str]:
+    layers = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [name for name in layers if name not in LAYERS]
+    if unknown or not layers:
+        raise VLTSegError(f"unknown layer(s) {unknown or text!r} in --layers (expected a subset of {list(LAYERS)})")
+    return [name for name in LAYERS if name in layers]  # always bottom-up
+
+
+def test_frame(size: tuple[int, int]) -> np.ndarray:
+    """A deterministic HxWx3 uint8 RGB frame; dense models cost the same whatever the pixels show."""
+    return np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+def read_peak_rss_mib(pid: int | str = "self") -> float:
+    """Peak resident set size (VmHWM) of a process since its start or since the last reset_peak_rss."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status)[1]) / 1024
+
+
+def reset_peak_rss(pid: int | str = "self") -> None:
+    """Start a new peak-RSS window so that each layer reports its own peak (Linux >= 4.0)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+@contextmanager
+def peak_memory(device: str) -> Iterator[dict[str, float | None]]:
+    """Peak RSS (MiB) and, on CUDA, torch's max allocated memory (MiB) of this process over the with-block."""
+    import torch
+
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    reset_peak_rss()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    peak: dict[str, float | None] = {"rss_mib": None, "cuda_mib": None}
+    yield peak
+    peak["rss_mib"] = read_peak_rss_mib()
+    if cuda:
+        peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+
+
+def machine_identity(device: str = "cpu") -> dict[str, Any]:
+    """CPU model, cores, memory, library versions (and the GPU when one is used): the figures' provenance."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").is_file() else ""
+    mem = re.search(r"MemTotal:\s+(\d+)", meminfo)
+    ident: dict[str, Any] = {
+        "cpu": model[1].strip() if model else platform.processor() or platform.machine(),
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(int(mem[1]) / 2**20, 1) if mem else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        import onnxruntime
+
+        ident["onnxruntime"] = onnxruntime.__version__
+        ident["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        ident["onnxruntime"] = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        ident["gpu"] = torch.cuda.get_device_name(device)
+        ident["cuda"] = torch.version.cuda
+    return ident
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, iters: int, tick: Callable[[], None]) -> list[float]:
+    """Seconds per call of `fn`, `warmup` calls first and not counted."""
+    for _ in range(warmup):
+        fn()
+        tick()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        tick()
+    return times
+
+
+def _result(layer: str, setup: BenchSetup, size: tuple[int, int], times: list[float], peak: dict,
+            details: dict | None = None) -> LayerResult:
+    return LayerResult(layer=layer, backend=setup.backend, size=size, latencies_s=times,
+                       frames_per_s=len(times) / sum(times), peak_rss_mib=peak["rss_mib"],
+                       cuda_max_allocated_mib=peak["cuda_mib"], details=details or {})
+
+
+def backend_batches(predictor: Any, frame: np.ndarray) -> list[np.ndarray]:
+    """The exact batches the predictor hands its backend for `frame` (resized; one per crop chunk in slide mode)."""
+    real, batches = predictor.backend, []
+
+    class Recorder:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def infer(self, batch: np.ndarray) -> np.ndarray:
+            batches.append(batch.copy())
+            return real.infer(batch)
+
+    predictor.backend = Recorder()
+    try:
+        predictor.predict(frame)
+    finally:
+        predictor.backend = real
+    return batches
+
+
+def bench_backend(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
+    """The bare `Backend.infer` on the batches the predictor would feed it for one frame (no pre/post-processing)."""
+    results = []
+    for size in sizes:
+        batches = backend_batches(setup.predictor, test_frame(size))
+        backend = setup.predictor.backend
+
+        def infer() -> None:
+            for batch in batches:
+                backend.infer(batch)
+
+        with peak_memory(setup.device) as peak:
+            times = time_calls(infer, setup.warmup, setup.iters, setup.tick)
+        shapes = [list(batch.shape) for batch in batches]
+        results.append(_result("backend", setup, size, times, peak, {"batches": shapes}))
+    return results
+
+
+def bench_predictor(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
+    """`Predictor.predict` on an HxWx3 uint8 frame: pre-processing, inference and post-processing."""
+    results = []
+    for size in sizes:
+        frame = test_frame(size)
+        stages: dict[str, list[float]] = {}
+
+        def predict() -> None:
+            setup.predictor.predict(frame)
+            for stage, seconds in (setup.predictor.last_timings or {}).items():
+                stages.setdefault(stage, []).append(seconds)
+
+        with peak_memory(setup.device) as peak:
+            times = time_calls(predict, setup.warmup, setup.iters, setup.tick)
+        medians = {f"{stage}_median_ms": float(np.median(v[setup.warmup:]) * 1e3) for stage, v in stages.items()}
+        results.append(_result("predictor", setup, size, times, peak, medians))
+    return results
+
+
+def layer_function(layer: str) -> Callable[[BenchSetup, list[tuple[int, int]]], list[LayerResult]]:
+    module_name, func_name = LAYERS[layer].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise VLTSegError(f"layer '{layer}' needs {module_name}, which does not import ({exc}); "
+                          "install the 'ros' extra or leave the layer out of --layers") from exc
+    return getattr(module, func_name)
+
+
+def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], layers: list[str], device: str = "cpu",
+              precision: str = "fp32", warmup: int = 3, iters: int = 20) -> list[LayerResult]:
+    """Measure every layer for every backend and size, on this machine, in this one run."""
+    from tqdm import tqdm
+
+    from vltseg_core.predictor import load_predictor
+
+    functions = {layer: layer_function(layer) for layer in layers}
+    # replay measures whole bags (warm-up + iters frames); every other layer sends warm-up + iters frames too
+    total = len(backends) * len(sizes) * len(layers) * (warmup + iters)
+    results: list[LayerResult] = []
+    with tqdm(total=total, desc="bench", unit="frame") as bar:
+        for backend in backends:
+            bar.set_postfix_str(f"loading {model} on {backend}")
+            predictor = load_predictor(model, backend=backend, device=device, precision=precision)
+            setup = BenchSetup(model, backend, device, precision, warmup, iters, predictor, lambda: bar.update(1))
+            for layer, function in functions.items():
+                bar.set_postfix_str(f"{backend} {layer}")
+                results.extend(function(setup, sizes))
+    return results
+
+
+def _key(r: LayerResult | dict) -> tuple[str, str]:
+    size = r.size if isinstance(r, LayerResult) else r["size"]
+    backend = r.backend if isinstance(r, LayerResult) else r["backend"]
+    return backend, size if isinstance(size, str) else f"{size[0]}x{size[1]}"
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row gets `ratio_to_below`: its median latency over the layer below it (replay: its throughput over the
+    predictor's, the figure the replay target is stated in)."""
+    by_key = {(row["layer"], *_key(row)): row for row in rows}
+    below = {"predictor": "backend", "node": "predictor", "replay": "predictor"}
+    for row in rows:
+        ref = by_key.get((below.get(row["layer"]), *_key(row)))
+        row["below"] = ref["layer"] if ref else None
+        if ref is None:
+            row["ratio_to_below"] = None
+        elif row["layer"] == "replay":
+            row["ratio_to_below"] = row["frames_per_s"] / ref["frames_per_s"]
+        else:
+            row["ratio_to_below"] = row["median_ms"] / ref["median_ms"]
+
+
+def evaluate_targets(rows: list[dict], device: str, target_sizes: list[str] | None = None) -> list[dict]:
+    """The issue's three targets, each met / missed with its numbers. `target_sizes` restricts the node target to
+    the demo model's size (all sizes when None)."""
+    by_key = {(row["layer"], *_key(row)): row for row in rows}
+    targets = []
+    for row in rows:
+        backend, size = _key(row)
+        pred = by_key.get(("predictor", backend, size))
+        if pred is None:
+            continue
+        if row["layer"] == "node" and (target_sizes is None or size in target_sizes):
+            added = row["median_ms"] - pred["median_ms"]
+            allowed = max(NODE_OVERHEAD_REL * pred["median_ms"], NODE_OVERHEAD_ABS_MS)
+            targets.append({"target": "node adds <= max(5 %, 3 ms) over the predictor", "backend": backend,
+                            "size": size, "met": added <= allowed,
+                            "value": f"+{added:.1f} ms ({added / pred['median_ms']:+.1%}) over "
+                                     f"{pred['median_ms']:.1f} ms; allowed {allowed:.1f} ms"})
+        if row["layer"] == "replay":
+            ratio = row["frames_per_s"] / pred["frames_per_s"]
+            targets.append({"target": "replay >= 95 % of the predictor's throughput", "backend": backend,
+                            "size": size, "met": ratio >= REPLAY_MIN_RATIO,
+                            "value": f"{row['frames_per_s']:.2f} vs {pred['frames_per_s']:.2f} frames/s "
+                                     f"({ratio:.1%})"})
+    if device == "cpu":
+        for layer in ("backend", "predictor"):
+            for (lay, backend, size), ort in by_key.items():
+                torch_row = by_key.get((layer, "torch", size))
+                if lay != layer or backend != "onnxruntime" or torch_row is None:
+                    continue
+                targets.append({"target": f"onnxruntime no slower than torch on CPU ({layer})", "backend":
+                                "onnxruntime", "size": size, "met": ort["median_ms"] <= torch_row["median_ms"],
+                                "value": f"{ort['median_ms']:.1f} vs {torch_row['median_ms']:.1f} ms "
+                                         f"({ort['median_ms'] / torch_row['median_ms']:.2f}x)"})
+    return targets
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_report(report: dict) -> str:
+    """The Markdown table of `vltseg bench` (also pasted into docs/benchmarks.md)."""
+    ident = report["machine"]
+    lines = [f"Model `{report['model']}`, device `{report['device']}`, precision `{report['precision']}`, "
+             f"{report['warmup']} warm-up + {report['iters']} measured frames per cell.",
+             f"Machine: {ident['cpu']}, {ident['cores']} cores, {ident.get('memory_gib')} GiB"
+             + (f", GPU {ident['gpu']} (CUDA {ident['cuda']})" if ident.get("gpu") else "")
+             + f"; torch {ident['torch']} ({ident['torch_threads']} threads), onnxruntime {ident.get('onnxruntime')}.",
+             f"Command: `{report['command']}`", "",
+             "| layer | backend | size (HxW) | median ms | p95 ms | frames/s | vs layer below | peak RSS MiB |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
+    for row in report["results"]:
+        ratio = row["ratio_to_below"]
+        vs = "-" if ratio is None else (f"{ratio:.1%} of {row['below']} fps" if row["layer"] == "replay"
+                                        else f"{ratio:.2f}x {row['below']}")
+        rss = _fmt(row["peak_rss_mib"], ".0f")
+        if row["cuda_max_allocated_mib"] is not None:
+            rss += f" (CUDA {row['cuda_max_allocated_mib']:.0f})"
+        lines.append(f"| {row['layer']} | {row['backend']} | {row['size']} | {_fmt(row['median_ms'])} | "
+                     f"{_fmt(row['p95_ms'])} | {row['frames_per_s']:.2f} | {vs} | {rss} |")
+    if report["targets"]:
+        lines += ["", "| target | backend | size | met | figures |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {t['target']} | {t['backend']} | {t['size']} | {'met' if t['met'] else '**missed**'} | "
+                  f"{t['value']} |" for t in report["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_latency(rows: list[dict], path: Path) -> None:
+    """Median latency (p95 as the upper whisker) against input pixels, one line per layer and backend; replay is
+    drawn as its time per frame (1 / throughput)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        series.setdefault((row["layer"], row["backend"]), []).append(row)
+    for (layer, backend), points in series.items():
+        points.sort(key=lambda r: r["size_hw"][0] * r["size_hw"][1])
+        mpix = [r["size_hw"][0] * r["size_hw"][1] / 1e6 for r in points]
+        median = [r["median_ms"] if r["median_ms"] is not None else 1e3 / r["frames_per_s"] for r in points]
+        upper = [max(0.0, (r["p95_ms"] or m) - m) for r, m in zip(points, median)]
+        ax.errorbar(mpix, median, yerr=[[0] * len(upper), upper], marker="o", capsize=3, label=f"{layer} ({backend})")
+        for x, y, r in zip(mpix, median, points):
+            ax.annotate(r["size"], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("input size (megapixels)")
+    ax.set_ylabel("latency per frame (ms): median, whisker to p95")
+    ax.set_title("vltseg bench: latency vs input resolution")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_report(results: list[LayerResult], model: str, device: str, precision: str, warmup: int, iters: int,
+                 command: str, target_sizes: list[str] | None = None) -> dict[str, Any]:
+    rows = []
+    for result in results:
+        row = result.summary()
+        row["size_hw"] = list(result.size)
+        rows.append(row)
+    add_ratios(rows)
+    return {"model": model, "device": device, "precision": precision, "warmup": warmup, "iters": iters,
+            "command": command, "machine": machine_identity(device), "results": rows,
+            "targets": evaluate_targets(rows, device, target_sizes)}
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """bench.json (everything, per-frame latencies included), bench.md (the table), latency_vs_resolution.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md",
+             "plot": out_dir / "latency_vs_resolution.png"}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["markdown"].write_text(markdown_report(report))
+    plot_latency(report["results"], paths["plot"])
+    return paths

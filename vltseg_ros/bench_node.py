@@ -1,0 +1,188 @@
+"""The ROS layers of `vltseg bench`: the node end to end (real rclpy, two processes) and replay throughput.
+
+Node: the segmentation node runs in its own process in evaluation mode (reliable, nothing dropped); this process
+publishes one frame at a time and waits for its mask, so per-frame latency = mask receive time - publish time on
+one clock, and it includes serialisation, transport both ways and the node's own conversion work.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vltseg_core.bench import (BenchSetup, LayerResult, peak_memory, read_peak_rss_mib, reset_peak_rss,
+                               test_frame)
+from vltseg_core.errors import VLTSegError
+from vltseg_ros.image_conversions import array_to_image
+
+NODE_START_TIMEOUT_S = 600.0  # the node loads (or exports/builds) the model before its first mask
+FRAME_TIMEOUT_S = 300.0  # one frame through a large model on a busy CPU
+REPLAY_TOPIC = "/camera/image"
+REPLAY_START_NS = 1_700_000_000_000_000_000
+
+
+def _image_msg(frame: np.ndarray, stamp_ns: int):
+    """An rgb8 Image whose stamp identifies the frame (the node copies the header onto the mask)."""
+    from std_msgs.msg import Header
+
+    header = Header(frame_id="bench_camera")
+    header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    return array_to_image(frame, "rgb8", header)
+
+
+class _NodeProcess:
+    """The segmentation node in a child process under a private namespace, its output kept in a log file."""
+
+    def __init__(self, setup: BenchSetup, namespace: str, log_dir: Path):
+        self.log_path = log_dir / "segmentation_node.log"
+        params = {"model": setup.model, "backend": setup.backend, "device": setup.device,
+                  "precision": setup.precision, "mode": "evaluation", "autostart": "true"}
+        cmd = [sys.executable, "-c", "from vltseg_ros.node import main; main()", "--ros-args",
+               "-r", f"__ns:={namespace}"]
+        for name, value in params.items():
+            cmd += ["-p", f"{name}:={value}"]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text().strip().splitlines()[-1:] or ["no output"]
+            raise VLTSegError(f"the segmentation node exited with code {self.proc.returncode} during the benchmark: "
+                              f"{tail[0]} (full log: {self.log_path})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
+    """Publish a frame, wait for its mask from the node process, repeat; one node process for all sizes."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    namespace = f"/vltseg_bench_{os.getpid()}"
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vltseg_bench_") as tmp:
+        node_proc = _NodeProcess(setup, namespace, Path(tmp))
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        try:
+            node = rclpy.create_node("vltseg_bench", namespace=namespace, context=context)
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            received: dict[int, float] = {}
+
+            def on_mask(msg: Image) -> None:
+                received[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = time.perf_counter()
+
+            publisher = node.create_publisher(Image, "image", qos)
+            node.create_subscription(Image, "segmentation/mask", on_mask, qos)
+
+            def send(frame: np.ndarray, timeout: float, resend_every: float | None = None) -> float:
+                """Seconds from publish to this frame's mask (the frame is re-sent while the node starts up)."""
+                stamp = time.time_ns()
+                msg = _image_msg(frame, stamp)
+                deadline = time.monotonic() + timeout
+                sent = time.perf_counter()
+                publisher.publish(msg)
+                while stamp not in received:
+                    executor.spin_once(timeout_sec=0.05)
+                    node_proc.check_alive()
+                    if time.monotonic() > deadline:
+                        raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {timeout:.0f} s of "
+                                          f"publishing a {frame.shape[1]}x{frame.shape[0]} frame on {namespace}/image "
+                                          f"(node log: {node_proc.log_path})")
+                    if resend_every and time.perf_counter() - sent > resend_every:
+                        sent = time.perf_counter()
+                        publisher.publish(msg)
+                return received.pop(stamp) - sent
+
+            # first frame: wait for the node to configure, activate and match our topics
+            send(test_frame(sizes[0]), NODE_START_TIMEOUT_S, resend_every=2.0)
+            for size in sizes:
+                frame = test_frame(size)
+                reset_peak_rss(node_proc.proc.pid)
+                for _ in range(setup.warmup):
+                    send(frame, FRAME_TIMEOUT_S)
+                    setup.tick()
+                times = []
+                for _ in range(setup.iters):
+                    times.append(send(frame, FRAME_TIMEOUT_S))
+                    setup.tick()
+                results.append(LayerResult("node", setup.backend, size, times, len(times) / sum(times),
+                                           read_peak_rss_mib(node_proc.proc.pid),
+                                           details={"peak_rss_of": "segmentation node process"}))
+            executor.shutdown()
+            node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=context)
+            node_proc.stop()
+    return results
+
+
+def write_frames_bag(bag: Path, frame: np.ndarray, count: int, topic: str = REPLAY_TOPIC) -> Path:
+    """A rosbag2 of `count` raw rgb8 copies of `frame` at 10 Hz: replay's input, generated (nothing to fetch)."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    image_t, header_t = store.types["sensor_msgs/msg/Image"], store.types["std_msgs/msg/Header"]
+    time_t = store.types["builtin_interfaces/msg/Time"]
+    data = np.ascontiguousarray(frame).ravel()
+    with Writer(bag, version=9) as writer:
+        conn = writer.add_connection(topic, image_t.__msgtype__, typestore=store)
+        for i in range(count):
+            stamp = REPLAY_START_NS + i * 100_000_000
+            header = header_t(stamp=time_t(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="bench_camera")
+            msg = image_t(header=header, height=frame.shape[0], width=frame.shape[1], encoding="rgb8",
+                          is_bigendian=0, step=frame.shape[1] * 3, data=data)
+            writer.write(conn, stamp, store.serialize_cdr(msg, image_t.__msgtype__))
+    return bag
+
+
+def bench_replay(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
+    """`vltseg replay` (vltseg_ros.replay.replay with the same predictor) over a generated bag of `iters` frames,
+    after a warm-up replay of `warmup` frames; throughput is replay's own (processed frames / wall time)."""
+    from vltseg_ros.replay import replay
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vltseg_bench_replay_") as tmp:
+        for size in sizes:
+            frame = test_frame(size)
+            root = Path(tmp) / f"{size[0]}x{size[1]}"
+            if setup.warmup:
+                replay(write_frames_bag(root / "warmup_in", frame, setup.warmup), setup.predictor, root / "warmup")
+                for _ in range(setup.warmup):
+                    setup.tick()
+            bag = write_frames_bag(root / "in", frame, setup.iters)
+            with peak_memory(setup.device) as peak:
+                start = time.perf_counter()
+                report = replay(bag, setup.predictor, root / "out")
+                wall = time.perf_counter() - start
+            for _ in range(setup.iters):
+                setup.tick()
+            total = report["latency_ms"]["total"]
+            results.append(LayerResult("replay", setup.backend, size, [], report["throughput_fps"],
+                                       peak["rss_mib"], peak["cuda_mib"],
+                                       details={"median_ms": total["p50"], "p95_ms": total["p95"],
+                                                "frames": report["frames"]["processed"],
+                                                "call_wall_s": wall,  # incl. opening the bag and writing the report
+                                                "stage_median_ms": {stage: v["p50"] for stage, v in
+                                                                    report["latency_ms"].items() if v.get("n")}}))
+    return results
