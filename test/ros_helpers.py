@@ -58,9 +58,9 @@ def rgb_image(rgb: np.ndarray, index: int, frame_id: str = "camera") -> Image:
     return msg
 
 
-def start_node(log: Path, **params) -> subprocess.Popen:
+def start_node(log: Path, name: str = NODE_NAME, **params) -> subprocess.Popen:
     """`segmentation_node --ros-args --params-file config/segmentation_node.yaml -p k:=v ...` (the console script)."""
-    args = [str(Path(sys.executable).parent / "segmentation_node"), "--ros-args",
+    args = [str(Path(sys.executable).parent / "segmentation_node"), "--ros-args", "-r", f"__node:={name}",
             "--params-file", str(REPO / "config" / "segmentation_node.yaml")]
     for key, value in params.items():
         text = ("true" if value else "false") if isinstance(value, bool) else \
@@ -105,7 +105,7 @@ class Harness:
                 raise AssertionError(f"node exited ({self.proc.returncode}) while waiting for {what}:\n"
                                      f"{self.node_log()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; node log:\n"
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; node log:\n" +
                                      f"{self.node_log()}")
             self.executor.spin_once(timeout_sec=0.05)
 

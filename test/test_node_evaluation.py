@@ -1,0 +1,124 @@
+"""The real node in evaluation mode, started the way the demo starts it (console script, params file, autostart):
+every frame is processed and nothing is lost, two cameras share one model, use_sim_time is honoured, raw and
+compressed transports, and every kind of bad input is skipped while the next good frame still works."""
+import cv2
+import numpy as np
+import pytest
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CompressedImage, Image
+
+from ros_helpers import (RELIABLE, Harness, diagnostics_values, frame, header, init_rclpy, rgb_image, start_node,
+                         stop_node, tiny_onnx)
+from vltseg_core.predictor import load_predictor
+from vltseg_ros.image_conversions import compressed_to_rgb
+
+SIM_NOW = 2000  # s: the /clock we publish; frame stamps are 1000 + index s
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """Both nodes start together (they load in parallel); one harness in this process talks to both."""
+    init_rclpy()
+    onnx = tiny_onnx()
+    logs = tmp_path_factory.mktemp("evaluation")
+    common = dict(model=str(onnx), backend="onnxruntime", mode="evaluation", autostart=True, diagnostics_period=0.2)
+    raw = start_node(logs / "raw.log", name="seg_raw", cameras=["cam0", "cam1"], max_image_pixels=40000,
+                     use_sim_time=True, **common)
+    compressed = start_node(logs / "compressed.log", name="seg_compressed", transport="compressed", **common)
+    harnesses = {"raw": Harness("evaluation_raw_test", logs / "raw.log", raw)}
+    harnesses["compressed"] = Harness("evaluation_compressed_test", logs / "compressed.log", compressed)
+    yield harnesses, load_predictor(str(onnx), backend="onnxruntime")
+    for h in harnesses.values():
+        h.close()
+    assert stop_node(raw) == 0 and stop_node(compressed) == 0
+    rclpy.shutdown()
+
+
+def bad_raw_frames(index: int) -> list[Image]:
+    good = rgb_image(frame(index), index, "cam0")
+    unknown = rgb_image(frame(index), index, "cam0")
+    unknown.encoding = "weird42"
+    short_step = rgb_image(frame(index), index, "cam0")
+    short_step.step = 100
+    truncated = rgb_image(frame(index), index, "cam0")
+    truncated.data = bytes(good.data[: len(good.data) // 2])
+    empty = Image(header=header(index, "cam0"), encoding="rgb8")
+    huge = rgb_image(frame(index, 256, 256), index, "cam0")  # over max_image_pixels=40000
+    return [unknown, short_step, truncated, empty, huge]
+
+
+def test_two_cameras_every_frame_bad_input_and_sim_time(nodes):
+    harnesses, predictor = nodes
+    h = harnesses["raw"]
+    clock_pub = h.node.create_publisher(Clock, "/clock", 10)
+    h.node.create_timer(0.05, lambda: clock_pub.publish(Clock(clock=Time(sec=SIM_NOW))))
+    pubs = {cam: h.node.create_publisher(Image, f"{cam}/image", RELIABLE) for cam in ("cam0", "cam1")}
+    masks = {cam: h.collect(Image, f"{cam}/segmentation/mask") for cam in pubs}
+    diags = h.collect(DiagnosticArray, "/diagnostics")
+    for cam, pub in pubs.items():
+        h.wait_matched(pub, f"{cam}/image", timeout=90)
+        h.wait_for(lambda: h.node.count_publishers(f"{cam}/segmentation/mask") > 0, 30, f"{cam} mask publisher")
+
+    sent = {cam: [] for cam in pubs}
+    for i in range(12):  # both cameras at once: the node may batch them; bad frames on cam0 in between
+        for cam, pub in pubs.items():
+            msg = rgb_image(frame(i * 2 + (cam == "cam1")), i, cam)
+            pub.publish(msg)
+            sent[cam].append(msg)
+        if i < 5:
+            pubs["cam0"].publish(bad_raw_frames(i)[i])
+    h.wait_for(lambda: all(len(masks[cam]) >= len(sent[cam]) for cam in pubs), 60,
+               "a mask for every good frame of both cameras")
+    h.spin_for(0.3)
+    for cam in pubs:
+        assert [m.header for m in masks[cam]] == [m.header for m in sent[cam]], f"{cam}: lost or reordered frames"
+        for out, msg in zip(masks[cam], sent[cam]):
+            rgb = np.frombuffer(msg.data, np.uint8).reshape(96, 128, 3)
+            labels = np.frombuffer(out.data, np.uint8).reshape(96, 128)
+            assert np.array_equal(labels, predictor.predict(rgb).labels)
+
+    def values(cam):
+        return diagnostics_values(diags, f"/{cam}/image")
+    h.wait_for(lambda: values("cam0").get("skipped_bad_input") == "5" and values("cam1").get("processed") == "12",
+               20, "diagnostics counting the 5 bad frames")
+    for cam in pubs:
+        assert values(cam)["dropped"] == "0" and values(cam)["processed"] == "12"
+
+    # use_sim_time: the age of the input is measured on /clock (wall-clock age would be decades).
+    late = rgb_image(frame(99), 0, "cam1")
+    late.header.stamp.sec, late.header.stamp.nanosec = SIM_NOW - 1, 750_000_000
+    pubs["cam1"].publish(late)
+    h.wait_for(lambda: values("cam1").get("input_age_ms_max") == "250.0", 20,
+               "the node to report a 250 ms input age on the simulated clock")
+
+
+def test_compressed_jpeg_png_and_undecodable_frames(nodes):
+    harnesses, predictor = nodes
+    h = harnesses["compressed"]
+    pub = h.node.create_publisher(CompressedImage, "image/compressed", RELIABLE)
+    masks = h.collect(Image, "segmentation/mask")
+    diags = h.collect(DiagnosticArray, "/diagnostics")
+    h.wait_matched(pub, "image/compressed", timeout=90)
+    h.wait_for(lambda: h.node.count_publishers("segmentation/mask") > 0, 30, "mask publisher")
+
+    good = []
+    for i in range(6):
+        fmt = "jpeg" if i % 2 else "png"
+        msg = CompressedImage(header=header(i), format=fmt)
+        msg.data = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", frame(i)[..., ::-1])[1].tobytes()
+        pub.publish(msg)
+        good.append(msg)
+        if i in (1, 3):
+            bad = CompressedImage(header=header(50 + i), format="jpeg")
+            bad.data = b"\xff\xd8\xff\xe0 truncated jpeg" if i == 1 else b""
+            pub.publish(bad)
+    h.wait_for(lambda: len(masks) >= len(good), 60, "a mask for every good compressed frame")
+    assert [m.header for m in masks] == [m.header for m in good]
+    for out, msg in zip(masks, good):
+        labels = np.frombuffer(out.data, np.uint8).reshape(96, 128)
+        assert np.array_equal(labels, predictor.predict(compressed_to_rgb(msg, 1 << 24)).labels)
+    h.wait_for(lambda: diagnostics_values(diags, "/image/compressed").get("skipped_bad_input") == "2", 20,
+               "diagnostics counting the 2 undecodable frames")
