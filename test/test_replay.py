@@ -129,7 +129,7 @@ def test_replay_output_bag_matches_inputs_and_predictor(tmp_path, predictor, sto
             pred = predictor.predict(np.ascontiguousarray(expected_input(m_in)))
             np.testing.assert_array_equal(pixels(mask), pred.labels)
             np.testing.assert_array_equal(pixels(color), palette[pred.labels])
-            np.testing.assert_array_equal(pixels(conf), np.round(pred.confidence * 255).astype(np.uint8))
+            np.testing.assert_array_equal(pixels(conf), np.floor(pred.confidence * 255 + 0.5).astype(np.uint8))
 
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["frames"] == report["frames"]

@@ -167,7 +167,7 @@ class Player:
     def wait_ready(self, process: subprocess.Popen, log: Path, timeout: float) -> float:
         """Wait until the node subscribed to the camera (it does when active) and its outputs reach us."""
         start = time.monotonic()
-        with tqdm(desc="node start-up (loading the model)", unit="s", bar_format="{desc}: {elapsed}") as bar:
+        with tqdm(desc="node start-up (loading the model)", bar_format="{desc}: {elapsed}", mininterval=1.0) as bar:
             while time.monotonic() - start < timeout:
                 if process.poll() is not None:
                     raise VLTSegError(f"the segmentation node exited with code {process.returncode} during start-up "
@@ -176,7 +176,7 @@ class Player:
                     time.sleep(1.0)  # let discovery settle on the node's side too (it publishes only watched outputs)
                     return time.monotonic() - start
                 time.sleep(0.2)
-                bar.refresh()
+                bar.update()
         raise VLTSegError(f"the segmentation node was not active after {timeout:.0f} s ({_tail(log)}); log: {log}")
 
     def publish(self, frame: PlayedFrame) -> None:

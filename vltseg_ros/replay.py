@@ -24,6 +24,7 @@ from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
 from vltseg_core.errors import VLTSegError
+from vltseg_ros.image_conversions import compressed_to_rgb, image_to_rgb
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 IMAGE = "sensor_msgs/msg/Image"
@@ -100,10 +101,13 @@ def image_msg(array: np.ndarray, encoding: str, header):
                       is_bigendian=0, step=array.shape[1] * channels, data=array.reshape(-1))
 
 
+def confidence_image(confidence: np.ndarray) -> np.ndarray:
+    """[0, 1] float confidence -> mono8 0..255, rounded like the node's segmentation/confidence."""
+    return np.clip(confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def decode(msgtype: str, msg, where: str) -> np.ndarray:
     """Image / CompressedImage (rosbags message) -> HxWx3 uint8 RGB, through the node's own conversions."""
-    from vltseg_ros.image_conversions import compressed_to_rgb, image_to_rgb
-
     if msgtype == COMPRESSED:
         return compressed_to_rgb(msg, MAX_PIXELS, where)
     return image_to_rgb(msg, MAX_PIXELS, where)
@@ -283,8 +287,8 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
     are written, then a VLTSegError says where it broke.
     """
     bag, out_dir = Path(bag), Path(out_dir)
-    storage = storage_of(bag) if bag.exists() else None
     reader = open_bag(bag)
+    storage = storage_of(bag)
     out_bag = out_dir / "bag"
     if out_bag.exists():
         reader.close()
@@ -365,7 +369,7 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
                 continue
             t2 = time.perf_counter()
             color = palette[pred.labels]
-            confidence = np.round(pred.confidence * 255.0).astype(np.uint8)
+            confidence = confidence_image(pred.confidence)
             for name, array, encoding in (("mask", pred.labels, "mono8"), ("color", color, "rgb8"),
                                           ("confidence", confidence, "mono8")):
                 writer.write(outs[conn.topic][name], timestamp,
@@ -409,7 +413,11 @@ def _score(matrix, source: LabelSource, header, topic: str, pred: np.ndarray, co
     elif labels.shape != pred.shape:
         counts[f"label size {labels.shape[1]}x{labels.shape[0]} != image size {pred.shape[1]}x{pred.shape[0]}"] += 1
     else:
-        matrix.update(pred, labels)
+        try:
+            matrix.update(pred, labels)
+        except VLTSegError as exc:  # e.g. raw dataset ids instead of trainIds
+            counts[str(exc)] += 1
+            return
         counts["evaluated"] += 1
 
 
