@@ -59,8 +59,11 @@ def rgb_image(rgb: np.ndarray, index: int, frame_id: str = "camera") -> Image:
 
 
 def start_node(log: Path, name: str = NODE_NAME, **params) -> subprocess.Popen:
-    """`segmentation_node --ros-args --params-file config/segmentation_node.yaml -p k:=v ...` (the console script)."""
-    args = [str(Path(sys.executable).parent / "segmentation_node"), "--ros-args", "-r", f"__node:={name}",
+    """`segmentation_node --ros-args --params-file config/segmentation_node.yaml -p k:=v ...`: the console script of a
+    pip install (what the demo runs), else the module (colcon installs it under lib/vltseg_ros)."""
+    script = Path(sys.executable).parent / "segmentation_node"
+    args = [str(script)] if script.is_file() else [sys.executable, "-m", "vltseg_ros.node"]
+    args += ["--ros-args", "-r", f"__node:={name}",
             "--params-file", str(REPO / "config" / "segmentation_node.yaml")]
     for key, value in params.items():
         text = ("true" if value else "false") if isinstance(value, bool) else \
