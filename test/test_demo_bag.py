@@ -57,7 +57,8 @@ def test_write_video_bag_from_a_real_clip(tmp_path, calibration, storage):
     calib = calibration.scaled(64, 36)
     assert write_video_bag(video, tmp_path / "bag", calib, storage, max_frames=4) == 4
     with Reader(tmp_path / "bag") as reader:
-        msgs = [(c.topic, t, TYPESTORE.deserialize_cdr(d, c.msgtype)) for c, t, d in reader.messages(reader.connections)]
+        msgs = [(c.topic, t, TYPESTORE.deserialize_cdr(d, c.msgtype))
+                for c, t, d in reader.messages(reader.connections)]
     images = [(t, m) for topic, t, m in msgs if topic == IMAGE_TOPIC]
     assert [t for t, _ in images] == [images[0][0] + i * 100_000_000 for i in range(4)]  # 10 fps video time
     first = cv2.imdecode(np.asarray(images[3][1].data), cv2.IMREAD_COLOR)

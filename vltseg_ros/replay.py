@@ -47,7 +47,8 @@ def storage_of(bag: Path) -> StoragePlugin:
             meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
             identifier = meta["storage_identifier"]
         except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-            raise VLTSegError(f"bag {bag} has no readable metadata.yaml ({exc}; expected a rosbag2 directory)") from None
+            raise VLTSegError(f"bag {bag} has no readable metadata.yaml ({exc}; expected a rosbag2 "
+                              f"directory)") from None
     else:
         identifier = {".mcap": "mcap", ".db3": "sqlite3"}.get(bag.suffix, bag.suffix)
     plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -330,7 +331,7 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
     label_counts = Counter()
     sink = VideoSink(out_dir, video_fps(reader, selected)) if video else None
     in_conns = [c for c in reader.connections if copy_inputs or c.topic in stats]
-    bag_error = None
+    bag_error, interrupted = None, False
     total = sum(s.in_metadata for s in stats.values())
     t_start = time.perf_counter()
     with Writer(out_bag, version=9, storage_plugin=storage) as writer:
@@ -339,58 +340,68 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
         copies = {c.id: _copy_connection(writer, c) for c in in_conns} if copy_inputs else {}
         bar = tqdm(total=total, desc="replay", unit="frame")
         messages = reader.messages(connections=in_conns)
-        while True:
-            try:
-                conn, timestamp, data = next(messages)
-            except StopIteration:
-                break
-            except BAG_READ_ERRORS as exc:
-                bag_error = f"{type(exc).__name__}: {exc}"
-                break
-            if copy_inputs:
-                writer.write(copies[conn.id], timestamp, data)
-            if conn.topic not in stats:
-                continue
-            s = stats[conn.topic]
-            s.read += 1
-            bar.update()
-            t0 = time.perf_counter()
-            try:
-                msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
-            except Exception as exc:  # noqa: BLE001 - any deserializer failure is a damaged message, not a bug here
-                s.skipped[f"undeserializable {conn.msgtype} message ({type(exc).__name__})"] += 1
-                continue
-            try:
-                rgb = decode(conn.msgtype, msg, conn.topic)
-                t1 = time.perf_counter()
-                pred = predictor.predict(rgb)
-            except VLTSegError as exc:
-                s.skipped[str(exc)] += 1
-                continue
-            t2 = time.perf_counter()
-            color = palette[pred.labels]
-            confidence = confidence_image(pred.confidence)
-            for name, array, encoding in (("mask", pred.labels, "mono8"), ("color", color, "rgb8"),
-                                          ("confidence", confidence, "mono8")):
-                writer.write(outs[conn.topic][name], timestamp,
-                             TYPESTORE.serialize_cdr(image_msg(array, encoding, msg.header), IMAGE))
-            t3 = time.perf_counter()
-            s.processed += 1
-            for stage, seconds in (("decode", t1 - t0), *predictor.last_timings.items(), ("write", t3 - t2),
-                                   ("total", t3 - t0)):
-                latencies[stage].append(seconds)
-            if matrix is not None:
-                _score(matrix, label_source, msg.header, conn.topic, pred.labels, label_counts)
-            if sink is not None:
-                sink.add(conn.topic, overlay(rgb, color))
+        try:
+            while True:
+                try:
+                    conn, timestamp, data = next(messages)
+                except StopIteration:
+                    break
+                except BAG_READ_ERRORS as exc:
+                    bag_error = f"{type(exc).__name__}: {exc}"
+                    break
+                if copy_inputs:
+                    writer.write(copies[conn.id], timestamp, data)
+                if conn.topic not in stats:
+                    continue
+                s = stats[conn.topic]
+                s.read += 1
+                bar.update()
+                t0 = time.perf_counter()
+                try:
+                    msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
+                except Exception as exc:  # noqa: BLE001 - whatever the deserializer raises means a damaged message
+                    s.skipped[f"undeserializable {conn.msgtype} message ({type(exc).__name__})"] += 1
+                    continue
+                try:
+                    rgb = decode(conn.msgtype, msg, conn.topic)
+                    t1 = time.perf_counter()
+                    pred = predictor.predict(rgb)
+                except VLTSegError as exc:
+                    s.skipped[str(exc)] += 1
+                    continue
+                t2 = time.perf_counter()
+                color = palette[pred.labels]
+                confidence = confidence_image(pred.confidence)
+                for name, array, encoding in (("mask", pred.labels, "mono8"), ("color", color, "rgb8"),
+                                              ("confidence", confidence, "mono8")):
+                    writer.write(outs[conn.topic][name], timestamp,
+                                 TYPESTORE.serialize_cdr(image_msg(array, encoding, msg.header), IMAGE))
+                t3 = time.perf_counter()
+                s.processed += 1
+                for stage, seconds in (("decode", t1 - t0), *predictor.last_timings.items(), ("write", t3 - t2),
+                                       ("total", t3 - t0)):
+                    latencies[stage].append(seconds)
+                if matrix is not None:
+                    _score(matrix, label_source, msg.header, conn.topic, pred.labels, label_counts)
+                if sink is not None:
+                    sink.add(conn.topic, overlay(rgb, color))
+        except KeyboardInterrupt:  # keep what is done: close the bag, write the report, then stop
+            interrupted = True
+            for st in stats.values():
+                if st.read > st.processed + sum(st.skipped.values()):
+                    st.skipped["interrupted while being processed"] += 1
         bar.close()
     wall = time.perf_counter() - t_start
     read, listed = sum(s.read for s in stats.values()), sum(s.in_metadata for s in stats.values())
-    if bag_error is None and read < listed:  # a damaged storage file can end early without raising
+    if bag_error is None and not interrupted and read < listed:  # a damaged file may end early without raising
         bag_error = f"only {read} of the {listed} image messages listed in its metadata could be read"
     videos = sink.close() if sink else []
-    return _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
-                         label_source, label_counts, videos, bag_error, copy_inputs)
+    report = _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
+                           label_source, label_counts, videos, bag_error, copy_inputs, interrupted)
+    if interrupted:
+        print(f"[replay] interrupted after {report['frames']['read']} frames; results so far are in {out_dir}")
+        raise KeyboardInterrupt
+    return report
 
 
 def _copy_connection(writer: Writer, conn):
@@ -423,7 +434,7 @@ def _score(matrix, source: LabelSource, header, topic: str, pred: np.ndarray, co
 
 # -- report ---------------------------------------------------------------------------------------------------
 def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
-                  label_source, label_counts, videos, bag_error, copy_inputs) -> dict:
+                  label_source, label_counts, videos, bag_error, copy_inputs, interrupted) -> dict:
     frames = TopicStats()
     for s in stats.values():
         frames.read += s.read
@@ -442,6 +453,7 @@ def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, la
         "wall_s": wall,
         "throughput_fps": frames.processed / wall if wall > 0 else 0.0,
         "bag_error": bag_error,
+        "interrupted": interrupted,
         "labels": None,
         "files": {"report_json": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md"),
                   "latency_histogram": str(out_dir / "latency_histogram.png"),

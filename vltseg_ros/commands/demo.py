@@ -10,7 +10,8 @@ DEFAULTS = DemoOptions()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bag", type=Path, help="a rosbag2 with one camera (default: the demo bag from `vltseg setup`)")
+    parser.add_argument("--bag", type=Path,
+                        help="a rosbag2 with one camera (default: the demo bag from `vltseg setup`)")
     parser.add_argument("--out", type=Path, default=DEFAULTS.out, help="results go to OUT/<date-time>/")
     parser.add_argument("--model", default=DEFAULTS.model, help="preset, checkpoint, .onnx / engine file, or 'demo'")
     parser.add_argument("--backend", default=DEFAULTS.backend, help="torch, onnxruntime, tensorrt or auto")
@@ -33,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
                        node_timeout=args.node_timeout)
     report = run_demo(opts)
     f, e2e = report["frames"], report["latency_ms"]["end_to_end"]
+    latency = f", p50 latency {e2e['p50']:.0f} ms" if e2e.get("n") else ""
     print(f"[demo] {f['played']} frames played, {f['segmented']} segmented, {f['dropped']} dropped "
-          f"({report['throughput_fps']:.2f} frames/s" + (f", p50 latency {e2e['p50']:.0f} ms)" if e2e.get("n") else ")"))
+          f"({report['throughput_fps']:.2f} frames/s{latency})")
     files = report["files"]
     for label, key in (("overlay video", "video"), ("overlay images", "overlay_pngs"), ("report", "report_md"),
                        ("report (JSON)", "report_json"), ("output bag", "output_bag"),
