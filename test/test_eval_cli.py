@@ -1,5 +1,5 @@
-"""`vltseg eval` end to end on a tiny CamVid-layout download with the tiny-test preset (random weights): the
-report files exist and their numbers equal a ConfusionMatrix computed here from the same predictor."""
+"""`vltseg eval` end to end on a tiny CamVid-layout download with a tiny-test checkpoint (random weights): the
+report files exist and their numbers equal a ConfusionMatrix computed here from the same checkpoint."""
 from __future__ import annotations
 
 import json
@@ -31,24 +31,26 @@ def camvid_tiny(tmp_path):
 
 
 def test_eval_cli_two_targets_report_matches_independent_confusion(tmp_path, camvid_tiny, capsys):
+    from vltseg_core.checkpoint import save_checkpoint
+    from vltseg_core.models import build_model
+    from vltseg_core.predictor import load_predictor
+
     out = tmp_path / "report"
-    torch.manual_seed(0)  # the bare preset's random weights: the same ones are rebuilt below
-    rc = main(["eval", "--model", "tiny-test", "--data", f"camvid:{camvid_tiny}",
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model("tiny-test"), tmp_path / "tiny.safetensors")  # random weights, saved
+    rc = main(["eval", "--model", str(ckpt), "--data", f"camvid:{camvid_tiny}",
                "--data", f"camvid:{camvid_tiny}:train", "--out", str(out)])
     assert rc == 0
     assert {p.name for p in out.iterdir()} == {"eval.json", "eval.md", "eval_iou.png"}
     report = json.loads((out / "eval.json").read_text())
-    assert report["model"] == "tiny-test" and report["command"].startswith("vltseg eval --model tiny-test")
+    assert report["model"] == str(ckpt) and report["command"].startswith(f"vltseg eval --model {ckpt}")
 
-    from vltseg_core.predictor import load_predictor
-
-    torch.manual_seed(0)
-    predictor = load_predictor("tiny-test")
+    predictor = load_predictor(str(ckpt))
     class_ids = list(load_label_map("camvid11").class_ids)
+    lut = load_label_map("camvid11").lut
     mious = []
     for target, split in zip(report["targets"], ("val", "train")):
         cm = ConfusionMatrix()
-        lut = load_label_map("camvid11").lut
         for line in (camvid_tiny / f"{split}.txt").read_text().split("\n"):
             if line:
                 image_file, label_file = line.split()
@@ -64,7 +66,7 @@ def test_eval_cli_two_targets_report_matches_independent_confusion(tmp_path, cam
             assert (got is None and np.isnan(iou[c])) or got == pytest.approx(100 * iou[c])
         mious.append(100 * cm.miou(class_ids))
     assert report["mean_miou"] == pytest.approx(np.mean(mious))
-    assert f"| tiny-test | {mious[0]:.2f} | {mious[1]:.2f} | {np.mean(mious):.2f} |" in (out / "eval.md").read_text()
+    assert f"| {ckpt} | {mious[0]:.2f} | {mious[1]:.2f} | {np.mean(mious):.2f} |" in (out / "eval.md").read_text()
     assert "[eval] json:" in capsys.readouterr().out
 
 
