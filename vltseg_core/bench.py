@@ -349,7 +349,7 @@ def markdown_report(report: dict) -> str:
         lines.append(f"| {row['layer']} | {row['backend']} | {row['size']} | {_fmt(row['median_ms'])} | "
                      f"{_fmt(row['p95_ms'])} | {row['frames_per_s']:.2f} | {vs} | {rss} |")
     if report["targets"]:
-        lines += ["", "| target | backend | size | met | figures |", "| --- | --- | --- | --- | --- |"]
+        lines += ["", "| target | backend | size | result | figures |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {t['target']} | {t['backend']} | {t['size']} | {'met' if t['met'] else '**missed**'} | "
                   f"{t['value']} |" for t in report["targets"]]
     return "\n".join(lines) + "\n"
