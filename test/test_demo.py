@@ -56,7 +56,7 @@ def test_demo_end_to_end_on_a_short_clip(tmp_path, demo_bag, capsys):
     assert ok and frame.shape == (540, 960, 3)
     cap.release()
     pngs = report["files"]["overlay_pngs"]
-    assert len(pngs) == 2 and all(cv2.imread(p).shape == (540, 960, 3) for p in pngs)
+    assert len(pngs) == 2 and all(cv2.imread(p).shape == (540 + 28, 960, 3) for p in pngs)  # + class legend
     assert cv2.imread(report["files"]["latency_histogram"]) is not None
     md = (out / "report.md").read_text()
     assert "3 played, 3 segmented, 0 dropped" in md

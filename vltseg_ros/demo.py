@@ -333,17 +333,21 @@ def _write_outputs(opts: DemoOptions, bag: Path, out: Path, topic: str, msgtype:
     for frame in overlays:
         sink.add(topic, image_array(frame.outputs["overlay"][1]))
     videos = sink.close()
+    diag = node_diagnostics(player.diagnostics, namespace)
+    table = _class_table(diag["identity"])
     pngs = []
     for k in np.unique(np.linspace(0, len(overlays) - 1, min(opts.pngs, len(overlays))).round().astype(int)):
         path = out / f"overlay_{k:04d}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(image_array(overlays[k].outputs["overlay"][1]), cv2.COLOR_RGB2BGR))
+        image = image_array(overlays[k].outputs["overlay"][1])
+        if table is not None and "mask" in overlays[k].outputs:
+            image = with_legend(image, image_array(overlays[k].outputs["mask"][1]), table)
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         pngs.append(path)
     shares = Counter()
     for frame in answered:
         labels = image_array(frame.outputs["mask"][1])
         shares.update(dict(zip(*np.unique(labels, return_counts=True))))
-    diag = node_diagnostics(player.diagnostics, namespace)
-    class_names = _class_names(diag["identity"])
+    class_names = dict(enumerate(table.names)) if table is not None else {}
     total_px = sum(shares.values()) or 1
     latencies = {"end_to_end": [f.outputs["mask"][0] - f.published for f in answered]}
     report = {
@@ -373,14 +377,32 @@ def _write_outputs(opts: DemoOptions, bag: Path, out: Path, topic: str, msgtype:
     return report
 
 
-def _class_names(identity: dict) -> dict[int, str]:
+def _class_table(identity: dict):
+    """The node's class table (named in its diagnostics), for names and colours in the report and PNGs."""
     from vltseg_core.classes import load_class_table
 
     try:
-        table = load_class_table(identity.get("class_table") or "cityscapes")
+        return load_class_table(identity.get("class_table") or "cityscapes")
     except VLTSegError:
-        return {}
-    return dict(enumerate(table.names))
+        return None
+
+
+def with_legend(image: np.ndarray, labels: np.ndarray, table, min_share: float = 0.005) -> np.ndarray:
+    """The image with a strip below it naming the colours of the classes in this frame, largest first."""
+    ids, counts = np.unique(labels, return_counts=True)
+    present = [int(i) for c, i in sorted(zip(counts, ids), reverse=True)
+               if i < table.num_classes and c >= min_share * labels.size]
+    strip = np.full((28, image.shape[1], 3), 255, np.uint8)
+    x = 6
+    for class_id in present:
+        name = table.names[class_id]
+        (width, _), _ = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        if x + 20 + width > strip.shape[1]:
+            break
+        strip[6:22, x : x + 16] = table.colors[class_id]
+        cv2.putText(strip, name, (x + 20, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        x += 20 + width + 14
+    return np.vstack([image, strip])
 
 
 def demo_markdown(report: dict) -> str:
