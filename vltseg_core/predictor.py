@@ -216,9 +216,10 @@ def load_module(model: str) -> tuple[torch.nn.Module, str]:
         return load_checkpoint(path), f"checkpoint:{path}"
     from vltseg_core.models import build_model
 
+    module = build_model(model)
     log.warning("model '%s' is a bare preset: weights are randomly initialised (give a checkpoint for real use)",
                 model)
-    return build_model(model), f"preset:{model}"
+    return module, f"preset:{model}"
 
 
 def load_predictor(model: str, backend: str = "auto", device: str = "cpu", precision: str = "fp32",

@@ -44,10 +44,11 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, engine_path: Path, device: str = "cuda"):
+        # Plain checks first (missing/corrupt file, no TensorRT, no GPU) so each gives its own clear error.
+        self.engine_path, self.manifest = _usable_engine(Path(engine_path), device)
         import tensorrt as trt
         import torch
 
-        self.engine_path, self.manifest = _usable_engine(Path(engine_path), device)
         self.device = torch.device(device)
         self.torch = torch
         self.logger = trt.Logger(trt.Logger.WARNING)

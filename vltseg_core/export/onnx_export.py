@@ -66,7 +66,7 @@ def export_onnx(model: torch.nn.Module, out: Path, size: tuple[int, int], dynami
     """Export `model` to `out` (one self-contained file, written atomically). `size` is the traced example size;
     with `dynamic` the batch, height and width axes stay symbolic."""
     model = model.eval().cpu()
-    wrapper = ExportWrapper(model, deploy_outputs)
+    wrapper = ExportWrapper(model, deploy_outputs).eval()
     # Batch 2 when dynamic: torch.export specialises dims whose example value is 0 or 1.
     shape = (2 if dynamic else 1, 3, *size)
     example = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0)).float()
@@ -114,6 +114,8 @@ def graph_metadata(path: Path) -> dict:
         return (read_manifest(path) or {}).get("metadata", {})
     import onnx
 
+    if not path.is_file():
+        raise VLTSegError(f"ONNX file not found: {path} (expected a graph from `vltseg export onnx`)")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

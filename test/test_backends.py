@@ -1,0 +1,136 @@
+"""Backends behind one interface: torch vs onnxruntime parity on real frames, fixed-size graphs in both
+modes, fp16 on CPU, backend selection, and clear errors for bad graphs and wrong sizes."""
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vltseg_core.backends.base import Backend, available_backends, choose_backend
+from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
+from vltseg_core.backends.torch_backend import TorchBackend
+from vltseg_core.classes import load_class_table
+from vltseg_core.errors import VLTSegError
+from vltseg_core.export.onnx_export import export_onnx
+from vltseg_core.models import build_model
+from vltseg_core.predictor import InferenceSettings, Predictor, load_predictor
+
+SIZE = (192, 256)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1)
+    return build_model("tiny-test").eval()
+
+
+@pytest.fixture(scope="module")
+def fixed_onnx(model, tmp_path_factory):
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny_fixed.onnx", SIZE)
+
+
+@pytest.fixture(scope="module")
+def frames(camvid_root):
+    names = [line.split()[0].lstrip("/").split("CamVid/")[-1] for line in (camvid_root / "val.txt").read_text().splitlines()[:2]]
+    return [cv2.cvtColor(cv2.imread(str(camvid_root / n)), cv2.COLOR_BGR2RGB) for n in names]
+
+
+def predictor(backend, **settings):
+    return Predictor(backend, load_class_table("cityscapes"), InferenceSettings(**settings))
+
+
+def agreement(a, b) -> float:
+    return float((a.labels == b.labels).mean())
+
+
+def test_both_backends_implement_the_interface(model, fixed_onnx):
+    for backend in (TorchBackend(model), OnnxRuntimeBackend(fixed_onnx)):
+        assert isinstance(backend, Backend)
+        assert backend.num_classes == 19 and backend.identity()["backend"] == backend.name
+    assert OnnxRuntimeBackend(fixed_onnx).input_size == SIZE and TorchBackend(model).input_size is None
+    assert len(OnnxRuntimeBackend(fixed_onnx).identity()["onnx_sha256"]) == 64
+
+
+def test_torch_and_onnxruntime_agree_on_real_frames(model, fixed_onnx, frames):
+    """Whole mode: the fixed graph resizes every frame to 192x256; torch gets the same size via settings."""
+    ort_pred = predictor(OnnxRuntimeBackend(fixed_onnx))
+    torch_pred = predictor(TorchBackend(model), size=SIZE)  # 360x480 fits into 192x256 exactly
+    for frame in frames:
+        a, b = torch_pred.predict(frame), ort_pred.predict(frame)
+        assert a.labels.shape == b.labels.shape == frame.shape[:2]
+        assert agreement(a, b) > 0.999
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-4)
+
+
+def test_fixed_graph_in_slide_mode_pads_and_agrees(model, fixed_onnx, frames):
+    """Slide mode with a fixed graph: crops take the graph's size, small images are padded to it."""
+    ort_pred = predictor(OnnxRuntimeBackend(fixed_onnx), mode="slide", stride=(128, 192))
+    torch_pred = predictor(TorchBackend(model), mode="slide", crop_size=SIZE, stride=(128, 192))
+    a, b = torch_pred.predict(frames[0]), ort_pred.predict(frames[0])
+    assert agreement(a, b) > 0.999
+    small = frames[0][:100, :150]
+    assert ort_pred.predict(small).labels.shape == (100, 150)
+
+
+def test_onnxruntime_fp16_on_cpu(fixed_onnx, frames):
+    fp32 = predictor(OnnxRuntimeBackend(fixed_onnx)).predict(frames[0])
+    fp16_backend = OnnxRuntimeBackend(fixed_onnx, precision="fp16")
+    assert fp16_backend.identity()["precision"] == "fp16"
+    assert agreement(fp32, predictor(fp16_backend).predict(frames[0])) > 0.99
+
+
+def test_batches_of_uint8_and_float32_agree(fixed_onnx, model):
+    batch = np.random.default_rng(0).integers(0, 256, (2, 3, *SIZE), dtype=np.uint8)
+    ort = OnnxRuntimeBackend(fixed_onnx)
+    np.testing.assert_allclose(ort.infer(batch), ort.infer(batch.astype(np.float32)), atol=1e-6)
+    out = ort.infer(batch)  # a batch-1 graph loops over the batch
+    assert out.shape == (2, 19, *SIZE)
+    np.testing.assert_allclose(out, TorchBackend(model).infer(batch), atol=1e-4)
+
+
+def test_graph_errors(fixed_onnx, tmp_path):
+    ort = OnnxRuntimeBackend(fixed_onnx)
+    with pytest.raises(VLTSegError, match="input is 100x100 but the graph was built for 192x256"):
+        ort.infer(np.zeros((1, 3, 100, 100), np.float32))
+    with pytest.raises(VLTSegError, match=r"expected float32 \(N,3,H,W\)"):
+        ort.infer(np.zeros((1, 100, 100, 3), np.float32))
+    with pytest.raises(VLTSegError, match="dtype float64"):
+        ort.infer(np.zeros((1, 3, *SIZE), np.float64))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"definitely not protobuf")
+    with pytest.raises(VLTSegError, match="onnxruntime cannot load"):
+        OnnxRuntimeBackend(broken)
+    with pytest.raises(VLTSegError, match="ONNX file not found"):
+        OnnxRuntimeBackend(tmp_path / "missing.onnx")
+    with pytest.raises(VLTSegError, match="device 'cuda' requested but this onnxruntime has no CUDA"):
+        if "CUDAExecutionProvider" in available_backends()["onnxruntime"]:
+            pytest.skip("this onnxruntime has CUDA")
+        OnnxRuntimeBackend(fixed_onnx, device="cuda")
+
+
+def test_selection_by_name_and_auto(fixed_onnx, caplog):
+    assert choose_backend("auto", "engine", "cpu")[0] == "tensorrt"
+    assert choose_backend("auto", "model", "cpu") == ("torch", choose_backend("auto", "model", "cpu")[1])
+    if available_backends()["tensorrt"] != "available":
+        assert choose_backend("auto", "onnx", "cpu")[0] == "onnxruntime"
+    assert choose_backend("onnxruntime", "model", "cpu") == ("onnxruntime", "requested by name")
+    with pytest.raises(VLTSegError, match="only runs on backend 'tensorrt'"):
+        choose_backend("onnxruntime", "engine", "cpu")
+    with pytest.raises(VLTSegError, match="runs on 'onnxruntime' or 'tensorrt', not 'torch'"):
+        choose_backend("torch", "onnx", "cpu")
+    with caplog.at_level(logging.INFO, logger="vltseg_core.predictor"):
+        pred = load_predictor(str(fixed_onnx))
+    assert pred.identity()["backend"] == "onnxruntime" and "backend onnxruntime for" in caplog.text
+    assert pred.class_table.name == "cityscapes"  # from the graph's metadata
+
+
+def test_load_predictor_exports_a_cached_graph_for_onnxruntime(tmp_path, monkeypatch, frames):
+    """A preset/checkpoint with backend onnxruntime: exported once (dynamic H/W, parity-checked) into the cache."""
+    monkeypatch.setenv("VLTSEG_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    pred = load_predictor("tiny-test", backend="onnxruntime")
+    cached = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and pred.backend.input_size is None
+    result = pred.predict(frames[0][:150, :210])
+    assert result.labels.shape == (150, 210)

@@ -1,0 +1,94 @@
+"""`vltseg export onnx` on the tiny preset: dynamic export, ORT-vs-PyTorch parity, FP16 check on real CamVid
+frames, deployment outputs, and loud failures (parity broken, FP16 overflow, bad arguments)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from vltseg_core.cli import main
+from vltseg_core.errors import VLTSegError
+from vltseg_core.export.fp16_check import check_fp16
+from vltseg_core.export.onnx_export import check_parity, export_onnx, graph_metadata
+from vltseg_core.models import build_model
+
+
+def test_cli_dynamic_export_with_parity_and_fp16_check(tmp_path, camvid_root):
+    out, report = tmp_path / "tiny.onnx", tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "vltseg_core.cli", "export", "onnx", "--model", "tiny-test", "--dynamic",
+           "--size", "128x160", "--out", str(out), "--fp16-data", f"camvid:{camvid_root}:val", "--fp16-frames", "2",
+           "--report", str(report)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ONNX Runtime vs PyTorch 128x160" in proc.stdout and "FP16 vs FP32 on 2 frames" in proc.stdout
+    result = json.loads(report.read_text())
+    assert [tuple(p["size"]) for p in result["parity"]] == [(128, 160), (192, 128)]
+    assert all(p["argmax_agreement"] > 0.999 and p["max_abs_diff"] < 1e-3 for p in result["parity"])
+    fp16 = result["fp16"]
+    assert fp16["frames"] == 2 and fp16["nonfinite"] == 0 and fp16["argmax_agreement"] > 0.99
+    assert fp16["miou_fp32"] is not None and abs(fp16["miou_delta"]) < 0.01
+    dims = onnx.load(str(out), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # N, 3, H, W
+    assert dims[1].dim_value == 3 and {op.version for op in onnx.load(str(out)).opset_import if op.domain == ""} == {18}
+    meta = graph_metadata(out)
+    assert meta["preset"]["name"] == "tiny-test" and meta["dynamic"] is True and meta["num_classes"] == 19
+
+
+def test_deploy_outputs_and_parity_failure(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("tiny-test")
+    path = export_onnx(model, tmp_path / "deploy.onnx", (96, 128), deploy_outputs=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probs", "labels", "confidence"]
+    images = np.random.default_rng(0).integers(0, 256, (1, 3, 96, 128)).astype(np.float32)
+    probs, labels, confidence = session.run(None, {"images": images})
+    assert labels.dtype == np.int32 and labels.shape == (1, 96, 128)
+    np.testing.assert_array_equal(labels, probs.argmax(1))
+    np.testing.assert_allclose(confidence, probs.max(1), atol=1e-7)
+    assert check_parity(model, path, [(96, 128)])[0].argmax_agreement > 0.999
+    torch.manual_seed(1)
+    other = build_model("tiny-test")  # different weights: the check must fail loudly
+    with pytest.raises(VLTSegError, match="ONNX parity check failed"):
+        check_parity(other, path, [(96, 128)])
+
+
+class Overflowing(torch.nn.Module):
+    """Weights far beyond what float16 holds (|w| up to ~1e5 > 65504): the fp16 graph saturates them and the
+    argmax is lost. (ONNX Runtime on CPU runs ops without fp16 kernels in fp32, so weight/constant overflow is
+    what this CPU check sees reliably; see docs/inference.md.)"""
+
+    num_classes = 19
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 19, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(19, 3, 1, 1, generator=torch.Generator().manual_seed(0)) * 3e4)
+            self.conv.bias.zero_()
+
+    def forward(self, images):
+        return (self.conv(images / 255.0) * 1e-4).softmax(1)
+
+
+def test_fp16_check_catches_overflow(tmp_path):
+    path = export_onnx(Overflowing(), tmp_path / "overflow.onnx", (64, 64))
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with pytest.raises(VLTSegError, match="FP16 check failed .* argmax agreement"):
+        check_fp16(path, [frame])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no-such-preset", "--out", "x.onnx"], "model preset 'no-such-preset' not found"),
+    (["--model", "tiny-test", "--out", "x.txt"], "expected a path ending in .onnx"),
+    (["--model", "tiny-test", "--out", "x.onnx", "--fp16-data", "nowhere:/x"], "--data 'nowhere:/x'"),
+    (["--model", "tiny-test", "--out", "x.onnx", "--size", "big"], "size 'big' is not HEIGHTxWIDTH"),
+])
+def test_cli_bad_arguments_give_one_line(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "onnx", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vltseg export: error:") and message in err and "\n" not in err
