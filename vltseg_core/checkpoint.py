@@ -75,13 +75,16 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None):
 
     path = Path(path)
     meta = read_checkpoint_meta(path)
+    source = f"checkpoint {path} (preset '{meta['preset'].get('name')}')"
     if model is None:
         model = build_model(meta["preset"], num_classes=int(meta["num_classes"]))
+    else:
+        source += f" loaded into preset '{model.preset.get('name')}'"
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for truncated / foreign files
         raise VLTSegError(f"checkpoint {path} is not a readable safetensors file ({exc})") from exc
-    load_state_dict_checked(model, state, f"checkpoint {path} (preset '{meta['preset'].get('name')}')")
+    load_state_dict_checked(model, state, source)
     return model.eval()
 
 
