@@ -92,3 +92,17 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys, monkeypatch, args, me
     assert main(["export", "onnx", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vltseg export: error:") and message in err and "\n" not in err
+
+
+def test_demo_model_export_parity_and_fp16_check(tmp_path, camvid_root):
+    """The embedded demo model at CamVid's native 360x480: ONNX parity and FP16 check on real frames."""
+    pretrained = pytest.importorskip("vltseg_core.pretrained", reason="the demo model has not landed yet")
+    from vltseg_core.export.fp16_check import load_frames
+
+    model = pretrained.load_demo_model()
+    path = export_onnx(model, tmp_path / "demo.onnx", (360, 480))
+    frames, labels, class_ids = load_frames("camvid", camvid_root, "val", 2)
+    parity = check_parity(model, path, [(360, 480)], images=frames)
+    assert parity[0].argmax_agreement > 0.999
+    report = check_fp16(path, frames, labels, class_ids)
+    assert report.nonfinite == 0 and report.argmax_agreement > 0.99 and abs(report.miou_delta) < 0.01

@@ -120,3 +120,12 @@ def test_load_predictor_factory_and_errors(tmp_path):
         load_predictor("tiny-test", mode="tiles")
     with pytest.raises(VLTSegError, match="precision 'int8' is not supported"):
         load_predictor("tiny-test", backend="torch", precision="int8")
+
+
+def test_checkpoint_loads_and_predicts_identically(backend, frame, tmp_path):
+    from vltseg_core.checkpoint import save_checkpoint
+
+    path = save_checkpoint(backend.model, tmp_path / "tiny.safetensors")
+    reloaded = load_predictor(str(path))
+    assert "sha256:" in reloaded.identity()["model"]
+    np.testing.assert_array_equal(reloaded.predict(frame).labels, make(backend).predict(frame).labels)

@@ -213,7 +213,9 @@ def load_module(model: str) -> tuple[torch.nn.Module, str]:
             raise VLTSegError(f"model file not found: {path} (expected a checkpoint, .onnx or .engine file)")
         from vltseg_core.checkpoint import load_checkpoint
 
-        return load_checkpoint(path), f"checkpoint:{path}"
+        from vltseg_core.assets import sha256_file
+
+        return load_checkpoint(path), f"checkpoint:{path} sha256:{sha256_file(path)[:16]}"
     from vltseg_core.models import build_model
 
     module = build_model(model)
