@@ -14,8 +14,11 @@ import rclpy
 import torch
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter as Parameter_msg
+from rcl_interfaces.srv import GetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -136,6 +139,11 @@ class Harness:
     def transition(self, transition_id: int) -> bool:
         request = ChangeState.Request(transition=Transition(id=transition_id))
         return self._call(ChangeState, f"/{NODE_NAME}/change_state", request).success
+
+    def parameter(self, name: str):
+        """A parameter of the node under test, through its get_parameters service."""
+        reply = self._call(GetParameters, f"/{NODE_NAME}/get_parameters", GetParameters.Request(names=[name]))
+        return Parameter.from_parameter_msg(Parameter_msg(name=name, value=reply.values[0])).value
 
     def wait_matched(self, publisher, what: str, timeout: float = 30) -> None:
         self.wait_for(lambda: publisher.get_subscription_count() > 0, timeout, f"the node to subscribe to {what}")

@@ -122,3 +122,12 @@ def test_compressed_jpeg_png_and_undecodable_frames(nodes):
         assert np.array_equal(labels, predictor.predict(compressed_to_rgb(msg, 1 << 24)).labels)
     h.wait_for(lambda: diagnostics_values(diags, "/image/compressed").get("skipped_bad_input") == "2", 20,
                "diagnostics counting the 2 undecodable frames")
+
+
+def test_autostart_with_a_bad_model_exits_with_one_clear_line(tmp_path):
+    log = tmp_path / "node.log"
+    proc = start_node(log, name="seg_bad_model", model=str(tmp_path / "missing.onnx"), autostart=True)
+    assert proc.wait(timeout=120) == 2
+    errors = [line for line in log.read_text().splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "configure failed: model file not found" in errors[0] and "missing.onnx" in errors[0]
+    assert "Traceback" not in log.read_text()

@@ -56,6 +56,7 @@ def test_lifecycle_outputs_lazy_work_and_latest_frame_wins(live, onnx_model):
     h.wait_for(lambda: labels, 20, "the latched label info")
     table = yaml.safe_load(labels[-1].data)
     assert len(table["classes"]) == 19 and table["classes"][0]["name"] == "road"
+    assert h.parameter("class_names") == [c["name"] for c in table["classes"]]
 
     image_pub = h.node.create_publisher(Image, "image", BEST_EFFORT)
     info_pub = h.node.create_publisher(CameraInfo, "camera_info", RELIABLE)

@@ -24,6 +24,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -154,8 +155,11 @@ class SegmentationNode(LifecycleNode):
         input_qos = LIVE_INPUT if live else EVALUATION_INPUT
         for cam in self._cameras:
             msg_type = Image if self._param("transport") == "raw" else CompressedImage
-            cam.subscriptions.append(self.create_subscription(msg_type, cam.input_topic, self._on_image(cam),
-                                                              input_qos))
+            # qos_overrides.<topic>.subscription.* parameters can change the mode's default (e.g. reliable live
+            # input for large frames between processes, docs/ros.md).
+            cam.subscriptions.append(self.create_subscription(
+                msg_type, cam.input_topic, self._on_image(cam), input_qos,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies()))
             if self._param("use_camera_info"):
                 cam.subscriptions.append(self.create_subscription(
                     CameraInfo, cam.topic("camera_info"), self._on_camera_info(cam), LIVE_INPUT if live else 10))
