@@ -85,8 +85,10 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
 
 
 class Predictor:
-    def __init__(self, backend: Backend, class_table: ClassTable, settings: InferenceSettings | None = None):
+    def __init__(self, backend: Backend, class_table: ClassTable, settings: InferenceSettings | None = None,
+                 selection: str = ""):
         self.backend = backend
+        self.selection = selection  # why this backend was chosen (for logs, diagnostics and reports)
         self.class_table = class_table
         self.settings = settings or InferenceSettings()
         self.last_timings: dict[str, float] = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
@@ -97,7 +99,7 @@ class Predictor:
 
     def identity(self) -> dict:
         s = self.settings
-        return {**self.backend.identity(), "mode": s.mode, "size": s.size, "crop_size": s.crop_size, "stride": s.stride,
+        return {**self.backend.identity(), "selection": self.selection, "mode": s.mode, "size": s.size, "crop_size": s.crop_size, "stride": s.stride,
                 "class_table": self.class_table.name}
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -255,7 +257,7 @@ def load_predictor(model: str, backend: str = "auto", device: str = "cpu", preci
 
         meta = graph_metadata(path)
         preset, table = meta.get("preset", {}), load_class_table(meta.get("class_table", "cityscapes"))
-    return Predictor(impl, table, settings or InferenceSettings.from_preset(preset, mode))
+    return Predictor(impl, table, settings or InferenceSettings.from_preset(preset, mode), selection=reason)
 
 
 def _graph_backend(name: str, path: Path, device: str, precision: str) -> Backend:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from vltseg_core.errors import VLTSegError
@@ -43,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Export and engine builds take minutes: show our progress/cache log lines (not third-party INFO chatter).
+    logger = logging.getLogger("vltseg_core")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     return _onnx(args) if args.target == "onnx" else _trt(args)
 
 

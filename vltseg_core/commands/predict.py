@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     images = collect_images(args.inputs)  # fail fast on missing inputs, before the model loads
     predictor = load_predictor(args.model, backend=args.backend, device=args.device, precision=args.precision,
                                mode=args.mode)
-    print(f"[predict] {len(images)} image(s) with {predictor.identity()['backend']} ({args.model}) -> {args.out}")
+    identity = predictor.identity()
+    print(f"[predict] {len(images)} image(s) with {args.model} on {identity['backend']} ({identity['selection']}), "
+          f"{identity['mode']} mode -> {args.out}")
     for path, name in tqdm(images, desc="predict", unit="img"):
         rgb = read_rgb(path)
         prediction = predictor.predict(rgb)
