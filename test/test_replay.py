@@ -269,3 +269,29 @@ def test_replay_bad_inputs(tmp_path, predictor):
     replay(bag, predictor, tmp_path / "f")
     with pytest.raises(VLTSegError, match="already exists"):
         replay(bag, predictor, tmp_path / "f")
+
+
+def test_replay_real_camvid_frames_score_like_vltseg_eval(tmp_path, predictor, camvid_root):
+    """Two real CamVid val frames in a bag with their raw 11-class annotations as a label topic: replay's mIoU
+    over CamVid's classes equals the evaluator applied to the predictor's output and the mapped labels."""
+    from vltseg_core.data.label_maps import load_label_map
+    from vltseg_core.evaluation import ConfusionMatrix
+
+    pairs = [line.split() for line in (camvid_root / "val.txt").read_text().splitlines()[:2]]
+    label_map = load_label_map("camvid11")
+    matrix = ConfusionMatrix()
+    with Writer(tmp_path / "in", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        cam = writer.add_connection("/camvid/image_raw", "sensor_msgs/msg/Image", typestore=TYPESTORE)
+        lab = writer.add_connection("/camvid/labels", "sensor_msgs/msg/Image", typestore=TYPESTORE)
+        for i, (image_path, label_path) in enumerate(pairs):
+            rgb = cv2.imread(str(camvid_root / image_path))[:, :, ::-1]
+            raw = cv2.imread(str(camvid_root / label_path), cv2.IMREAD_UNCHANGED)
+            writer.write(cam, stamp_of(i, 0), TYPESTORE.serialize_cdr(
+                raw_image(rgb, stamp_of(i, 0), "camvid", pad=0), "sensor_msgs/msg/Image"))
+            writer.write(lab, stamp_of(i, 0), TYPESTORE.serialize_cdr(
+                label_msg(raw, stamp_of(i, 0), "camvid"), "sensor_msgs/msg/Image"))
+            matrix.update(predictor.predict(np.ascontiguousarray(rgb)).labels, label_map.apply(raw, label_path))
+    report = replay(tmp_path / "in", predictor, tmp_path / "out", labels="/camvid/labels", label_map="camvid11")
+    assert report["frames"]["processed"] == 2 and report["labels"]["label_matching"] == {"evaluated": 2}
+    assert report["labels"]["class_ids"] == list(label_map.class_ids)
+    assert report["labels"]["miou"] == pytest.approx(100 * matrix.miou(label_map.class_ids), abs=0.01)

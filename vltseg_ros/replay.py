@@ -23,6 +23,7 @@ from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
+from vltseg_core.data.label_maps import LabelMap, load_label_map
 from vltseg_core.errors import VLTSegError
 from vltseg_ros.image_conversions import compressed_to_rgb, image_to_rgb
 
@@ -145,14 +146,21 @@ class LabelSource:
 
     description: str
     by_key: dict = field(default_factory=dict)
+    label_map: LabelMap | None = None  # labels hold a dataset's raw ids (else trainIds)
 
     def find(self, header, topic: str) -> np.ndarray | None:
+        """The frame's labels as trainIds, None when there are none."""
         stamp = stamp_ns(header)
         for key in ((stamp, header.frame_id), (topic_folder(topic), stamp), stamp):
             if key in self.by_key:
                 value = self.by_key[key]
-                return value() if callable(value) else value
+                labels = value() if callable(value) else value
+                return self.label_map.apply(labels, self.description) if self.label_map else labels
         return None
+
+    def class_ids(self, num_classes: int) -> list[int]:
+        """The trainIds the mIoU averages over: the dataset's (like `vltseg eval`), else every class."""
+        return list(self.label_map.class_ids) if self.label_map else list(range(num_classes))
 
 
 def labels_from_topic(reader: Reader, topic: str) -> LabelSource:
@@ -281,8 +289,11 @@ def select_image_topics(reader: Reader, topics: list[str] | None, exclude: str |
 
 
 def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None, labels: str | None = None,
-           copy_inputs: bool = False, video: bool = False) -> dict:
+           copy_inputs: bool = False, video: bool = False, label_map: str | None = None) -> dict:
     """Run `predictor` over the image topics of `bag`; write `out_dir/bag`, report.{json,md}, plots, videos.
+
+    `labels`: a label topic of the bag or a folder of label PNGs; `label_map`: a dataset label map
+    (configs/datasets/) when they hold that dataset's raw ids instead of trainIds.
 
     Returns the report. A bag that breaks off part-way keeps everything done so far: the output bag and report
     are written, then a VLTSegError says where it broke.
@@ -302,6 +313,8 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
             label_source = labels_from_topic(reader, label_topic)
         elif labels:
             label_source = labels_from_dir(Path(labels))
+        if label_source and label_map:
+            label_source.label_map = load_label_map(label_map)
         out_dir.mkdir(parents=True, exist_ok=True)
         report = _run(reader, storage, predictor, out_dir, out_bag, selected, label_source, copy_inputs, video)
     finally:
@@ -416,8 +429,8 @@ def _copy_connection(writer: Writer, conn):
 def _score(matrix, source: LabelSource, header, topic: str, pred: np.ndarray, counts: Counter) -> None:
     try:
         labels = source.find(header, topic)
-    except VLTSegError:
-        counts["unreadable label"] += 1
+    except VLTSegError as exc:  # unreadable file, raw ids the label map does not know
+        counts[str(exc)] += 1
         return
     if labels is None:
         counts["no label for this stamp"] += 1
@@ -477,9 +490,9 @@ def _label_summary(matrix, table, identity: dict, bag: str, source: LabelSource,
     """mIoU / per-class IoU through the report writers of `vltseg eval` (eval.json, eval.md, eval_iou.png)."""
     from vltseg_core.evaluation import TargetResult, make_report, write_reports
 
-    target = TargetResult(name=f"replay:{Path(bag).name}", confusion=matrix, class_ids=list(range(table.num_classes)),
-                          num_images=counts["evaluated"], extra={"labels": source.description,
-                                                                  "label_matching": dict(counts)})
+    target = TargetResult(name=f"replay:{Path(bag).name}", confusion=matrix,
+                          class_ids=source.class_ids(table.num_classes), num_images=counts["evaluated"],
+                          extra={"labels": source.description, "label_matching": dict(counts)})
     meta = {"model": identity.get("model") or identity.get("onnx") or identity.get("backend"), "identity": identity}
     report = make_report([target], meta, table)
     return report["targets"][0], write_reports(report, out_dir, stem="eval")

@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (bag/, report.json, report.md, plots)")
     parser.add_argument("--topics", nargs="+", help="image topics to segment (default: every Image/CompressedImage)")
     parser.add_argument("--labels", help="label image topic in the bag, or a folder of <stamp>.png trainId labels")
+    parser.add_argument("--label-map", help="the labels hold this dataset's raw ids (configs/datasets/NAME.yaml, e.g. "
+                        "camvid11); the mIoU then averages over its classes, like `vltseg eval`")
     parser.add_argument("--copy-inputs", action="store_true", help="copy every input topic into the output bag")
     parser.add_argument("--video", action="store_true", help="also write an overlay mp4 per camera")
 
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     open_bag(args.bag).close()  # a bad bag fails before the model is loaded
     predictor = load_predictor(args.model, args.backend, args.device, args.precision, args.mode)
     report = replay(args.bag, predictor, args.out, topics=args.topics, labels=args.labels,
-                    copy_inputs=args.copy_inputs, video=args.video)
+                    copy_inputs=args.copy_inputs, video=args.video, label_map=args.label_map)
     frames = report["frames"]
     print(f"[replay] {frames['read']} frames read, {frames['processed']} processed, {frames['skipped']} skipped; "
           f"{report['throughput_fps']:.2f} frames/s")
