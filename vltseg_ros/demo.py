@@ -38,7 +38,7 @@ DIAGNOSTICS_PERIOD = 0.5
 class DemoOptions:
     bag: Path | None = None  # None: the prepared demo bag (vltseg setup)
     out: Path = Path("outputs/demo")
-    model: str = "demo"
+    model: str = "tiny-test"
     backend: str = "auto"
     device: str = "cpu"
     seconds: float = 8.0  # clip length, from `start` seconds into the bag

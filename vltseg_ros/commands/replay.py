@@ -7,7 +7,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or mcap), or a bare .mcap / .db3 file")
-    parser.add_argument("--model", default="demo", help="preset, checkpoint, .onnx / engine file, or 'demo'")
+    parser.add_argument("--model", required=True, help="preset, checkpoint, .onnx / engine file, or 'demo'")
     parser.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8 (backend permitting)")
