@@ -37,7 +37,7 @@ def test_demo_end_to_end_on_a_short_clip(tmp_path, demo_bag, capsys):
     (out,) = tmp_path.iterdir()
     report = json.loads((out / "report.json").read_text())
     f = report["frames"]
-    assert f["played"] == 3 and f["segmented"] == 3 and f["dropped"] == 0
+    assert (f["played"], f["segmented"], f["skipped_by_node"], f["lost"]) == (3, 3, 0, 0)
     assert f["outputs_with_input_header"] == 3 and f["unexpected_outputs"] == {}
     assert {k: f["per_output"][k] for k in ("mask", "color", "confidence", "overlay")} == dict.fromkeys(
         ("mask", "color", "confidence", "overlay"), 3)
@@ -59,7 +59,7 @@ def test_demo_end_to_end_on_a_short_clip(tmp_path, demo_bag, capsys):
     assert len(pngs) == 2 and all(cv2.imread(p).shape == (540 + 28, 960, 3) for p in pngs)  # + class legend
     assert cv2.imread(report["files"]["latency_histogram"]) is not None
     md = (out / "report.md").read_text()
-    assert "3 played, 3 segmented, 0 dropped" in md
+    assert "3 played, 3 segmented, 0 skipped by the node (bad input), 0 lost" in md
     for path in [video, *pngs, report["files"]["report_md"]]:
         assert path in printed  # the person is told where everything is
 
@@ -89,3 +89,30 @@ def test_demo_node_that_cannot_load_its_model_is_reported(tmp_path, demo_bag):
                        node_timeout=120)
     with pytest.raises(VLTSegError, match="segmentation node exited with code"):
         run_demo(opts)
+
+
+def test_demo_accounts_for_a_frame_the_node_cannot_decode(tmp_path):
+    """A bag of another camera (namespace /front, no CameraInfo) with one truncated jpeg: the node skips it, the
+    demo does not wait for an answer that never comes, and every frame is accounted for."""
+    from rosbags.rosbag2 import Writer
+
+    T = TYPESTORE.types
+    bag = tmp_path / "bag"
+    with Writer(bag, version=9) as writer:
+        conn = writer.add_connection("/front/image_raw/compressed", "sensor_msgs/msg/CompressedImage",
+                                     typestore=TYPESTORE)
+        for i in range(3):
+            stamp = 1_000_000_000 + i * 200_000_000
+            data = cv2.imencode(".jpg", np.full((48, 64, 3), 60 * i, np.uint8))[1].ravel()
+            if i == 1:
+                data = data[: len(data) // 4]  # truncated jpeg
+            header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=1, nanosec=i * 200_000_000),
+                                              frame_id="front")
+            msg = T["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=data)
+            writer.write(conn, stamp, TYPESTORE.serialize_cdr(msg, "sensor_msgs/msg/CompressedImage"))
+    report = run_demo(DemoOptions(bag=bag, out=tmp_path / "out", model="tiny-test", seconds=1.0, fps=5.0,
+                                  frame_timeout=60))
+    f = report["frames"]
+    assert (f["played"], f["segmented"], f["skipped_by_node"], f["lost"]) == (3, 2, 1, 0)
+    assert report["node"]["counters"]["skipped_bad_input"] == 1
+    assert "-r __ns:=/front" in report["node"]["command"] and "use_camera_info:=false" in report["node"]["command"]

@@ -3,7 +3,7 @@
 A short clip of the demo bag (or any bag with one CompressedImage/Image camera) is played into the node with its
 header stamps and a matching /clock (the node runs with use_sim_time, evaluation mode, autostart), the node's
 outputs are recorded into an output bag, and a person gets what happened: an overlay video, a few overlay PNGs,
-a report (frames played / segmented / dropped, latency) and where each file is. No GPU and no system-wide ROS 2
+a report (frames played / segmented / skipped / lost, latency) and where each file is. No GPU and no system-wide ROS 2
 are needed: rclpy and the messages come from the Python environment.
 """
 from __future__ import annotations
@@ -140,12 +140,16 @@ class Player:
         self.by_stamp = {(f.stamp, f.frame_id): f for f in frames}
         self.unexpected = Counter()
         self.diagnostics: list = []
+        self.node_prefix = f"{namespace.rstrip('/')}/{NODE_NAME}: "
+        self.published = 0
+        self.handled = 0  # frames the node reports as processed or skipped (bad input), from /diagnostics
+        self.progress_at = time.monotonic()
         self.answered = threading.Condition()
         self.subs = [self.node.create_subscription(Image, f"segmentation/{name}", self._on_output(name), reliable)
                      for name in OUTPUTS]
         self.subs.append(self.node.create_subscription(CameraInfo, "segmentation/camera_info",
                                                        self._on_output("camera_info"), reliable))
-        self.subs.append(self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50))
+        self.subs.append(self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -161,8 +165,20 @@ class Player:
                     self.unexpected[name] += 1
                 else:
                     frame.outputs[name] = (received, msg)
+                self.progress_at = received
                 self.answered.notify_all()
         return callback
+
+    def _on_diagnostics(self, msg) -> None:
+        with self.answered:
+            self.diagnostics.append(msg)
+            for status in msg.status:
+                if status.name.startswith(self.node_prefix) and not status.name.endswith(": model"):
+                    values = {kv.key: kv.value for kv in status.values}
+                    handled = int(values.get("processed", 0)) + int(values.get("skipped_bad_input", 0))
+                    if handled > self.handled:
+                        self.handled, self.progress_at = handled, time.monotonic()
+            self.answered.notify_all()
 
     def wait_ready(self, process: subprocess.Popen, log: Path, timeout: float) -> float:
         """Wait until the node subscribed to the camera (it does when active) and its outputs reach us."""
@@ -187,15 +203,20 @@ class Player:
         self.clock_pub.publish(self.clock_type(clock=image.header.stamp))
         if frame.info is not None:
             self.info_pub.publish(deserialize_message(frame.info, CameraInfo))
-        frame.published = time.monotonic()
+        with self.answered:
+            self.published += 1
+            frame.published = self.progress_at = time.monotonic()
         self.image_pub.publish(image)
 
     def wait_for(self, frames: list[PlayedFrame], timeout: float) -> bool:
-        """Wait until every frame has its mask (True) or `timeout` passed without a new answer (False)."""
+        """Wait until every frame has its mask or the node counted every frame sent as done (True), or until
+        `timeout` seconds passed without any progress (False)."""
         with self.answered:
-            while not all("mask" in f.outputs for f in frames):
-                if not self.answered.wait(timeout):
+            while not (all("mask" in f.outputs for f in frames) or self.handled >= self.published):
+                left = self.progress_at + timeout - time.monotonic()
+                if left <= 0:
                     return False
+                self.answered.wait(min(left, 1.0))
         return True
 
     def close(self) -> None:
@@ -350,11 +371,13 @@ def _write_outputs(opts: DemoOptions, bag: Path, out: Path, topic: str, msgtype:
     class_names = dict(enumerate(table.names)) if table is not None else {}
     total_px = sum(shares.values()) or 1
     latencies = {"end_to_end": [f.outputs["mask"][0] - f.published for f in answered]}
+    skipped = diag["counters"].get("skipped_bad_input", 0)  # the node's own count of frames it could not decode
     report = {
         "bag": str(bag), "topic": topic,
         "clip": {"start_s": opts.start, "seconds": opts.seconds, "fps": opts.fps,
                  "pacing": "lock-step" if opts.rate <= 0 else f"{opts.rate}x bag time"},
-        "frames": {"played": len(frames), "segmented": len(answered), "dropped": len(frames) - len(answered),
+        "frames": {"played": len(frames), "segmented": len(answered), "skipped_by_node": skipped,
+                   "lost": len(frames) - len(answered) - skipped,
                    "outputs_with_input_header": same_header,
                    "per_output": {name: sum(name in f.outputs for f in frames) for name in (*OUTPUTS, "camera_info")},
                    "unexpected_outputs": dict(player.unexpected)},
@@ -413,7 +436,8 @@ def demo_markdown(report: dict) -> str:
              f"{report['clip']['fps']} frames/s, {report['clip']['pacing']}.", "",
              f"Node: `{node['command']}` (ready after {node['startup_s']:.1f} s; log `{node['log']}`).", "",
              f"Model: `{json.dumps(node['identity'])}`", "",
-             f"Frames: {f['played']} played, {f['segmented']} segmented, {f['dropped']} dropped; "
+             f"Frames: {f['played']} played, {f['segmented']} segmented, {f['skipped_by_node']} skipped by the node "
+             f"(bad input), {f['lost']} lost; "
              f"{f['outputs_with_input_header']} answers carry exactly the input header. "
              f"Throughput {report['throughput_fps']:.2f} frames/s.", ""]
     if e2e.get("n"):

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_demo(opts)
     f, e2e = report["frames"], report["latency_ms"]["end_to_end"]
     latency = f", p50 latency {e2e['p50']:.0f} ms" if e2e.get("n") else ""
-    print(f"[demo] {f['played']} frames played, {f['segmented']} segmented, {f['dropped']} dropped "
+    print(f"[demo] {f['played']} frames played, {f['segmented']} segmented, {f['skipped_by_node']} skipped by the "
+          f"node, {f['lost']} lost "
           f"({report['throughput_fps']:.2f} frames/s{latency})")
     files = report["files"]
     for label, key in (("overlay video", "video"), ("overlay images", "overlay_pngs"), ("report", "report_md"),
