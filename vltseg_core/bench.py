@@ -245,8 +245,10 @@ def layer_function(layer: str) -> Callable[[BenchSetup, list[tuple[int, int]]], 
 
 
 def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], layers: list[str], device: str = "cpu",
-              precision: str = "fp32", warmup: int = 3, iters: int = 20) -> list[LayerResult]:
-    """Measure every layer for every backend and size, on this machine, in this one run."""
+              precision: str = "fp32", warmup: int = 3, iters: int = 20,
+              on_layer_done: Callable[[list[LayerResult]], None] = lambda results: None) -> list[LayerResult]:
+    """Measure every layer for every backend and size, on this machine, in this one run. `on_layer_done` gets all
+    results so far after each layer (the command writes the report each time, so a failure loses nothing)."""
     from tqdm import tqdm
 
     from vltseg_core.predictor import load_predictor
@@ -263,6 +265,7 @@ def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], lay
             for layer, function in functions.items():
                 bar.set_postfix_str(f"{backend} {layer}")
                 results.extend(function(setup, sizes))
+                on_layer_done(results)
     return results
 
 

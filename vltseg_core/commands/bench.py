@@ -30,14 +30,20 @@ def run(args: argparse.Namespace) -> int:
     sizes = bench.parse_sizes(args.sizes)
     layers = bench.parse_layers(args.layers)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    if not backends:
+        raise VLTSegError(f"--backend '{args.backend}' names no backend (expected e.g. torch,onnxruntime)")
     target_sizes = [f"{h}x{w}" for h, w in bench.parse_sizes(args.target_sizes)] if args.target_sizes else None
-    results = bench.run_bench(args.model, backends, sizes, layers, args.device, args.precision, args.warmup,
-                              args.iters)
     command = "vltseg bench " + shlex.join(
         [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items() if value is not None])
-    report = bench.build_report(results, args.model, args.device, args.precision, args.warmup, args.iters, command,
-                                target_sizes)
-    paths = bench.write_report(report, args.out)
+    paths: dict[str, Path] = {}
+
+    def write(results: list[bench.LayerResult]) -> None:
+        report = bench.build_report(results, args.model, args.device, args.precision, args.warmup, args.iters,
+                                    command, target_sizes)
+        paths.update(bench.write_report(report, args.out))
+
+    bench.run_bench(args.model, backends, sizes, layers, args.device, args.precision, args.warmup, args.iters,
+                    on_layer_done=write)
     print(paths["markdown"].read_text())
     for kind, path in paths.items():
         print(f"[bench] {kind}: {path}")
