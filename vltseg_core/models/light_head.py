@@ -2,6 +2,8 @@
 speed comparison with Mask2Former that justifies it)."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,8 +19,8 @@ class LightHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1, num_levels: int = 4):
         super().__init__()
         self.proj = nn.ModuleList([nn.Conv2d(in_channels, channels, 1) for _ in range(num_levels)])
-        self.fuse = nn.Sequential(nn.Conv2d(channels * num_levels, channels, 1, bias=False), group_norm(channels),
-                                  nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(OrderedDict(conv=nn.Conv2d(channels * num_levels, channels, 1, bias=False),
+                                              norm=group_norm(channels), relu=nn.ReLU(inplace=True)))
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 

@@ -2,14 +2,16 @@
 (= 4, 8, 16, 32 for p = 16) by deconvolution / identity / max-pooling, then 1x1 + 3x3 convs to `out_channels`."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from timm.layers import LayerNorm2d
 from torch import nn
 
 
 def _project(in_ch: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), LayerNorm2d(out_ch),
-                         nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), LayerNorm2d(out_ch))
+    return nn.Sequential(OrderedDict(conv1=nn.Conv2d(in_ch, out_ch, 1, bias=False), norm1=LayerNorm2d(out_ch),
+                                     conv2=nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), norm2=LayerNorm2d(out_ch)))
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -19,8 +21,8 @@ class SimpleFeaturePyramid(nn.Module):
         super().__init__()
         d = embed_dim
         self.rescale = nn.ModuleList([
-            nn.Sequential(nn.ConvTranspose2d(d, d // 2, 2, stride=2), LayerNorm2d(d // 2), nn.GELU(),
-                          nn.ConvTranspose2d(d // 2, d // 4, 2, stride=2)),
+            nn.Sequential(OrderedDict(up1=nn.ConvTranspose2d(d, d // 2, 2, stride=2), norm=LayerNorm2d(d // 2),
+                                      act=nn.GELU(), up2=nn.ConvTranspose2d(d // 2, d // 4, 2, stride=2))),
             nn.ConvTranspose2d(d, d // 2, 2, stride=2),
             nn.Identity(),
             nn.MaxPool2d(2, stride=2),

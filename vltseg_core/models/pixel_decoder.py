@@ -2,6 +2,8 @@
 FPN step to stride 4 that gives the per-pixel mask features."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,10 +13,10 @@ from vltseg_core.models.position_encoding import PositionEmbeddingSine
 
 
 def conv_gn(in_ch: int, out_ch: int, kernel: int, relu: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False), nn.GroupNorm(32, out_ch)]
+    layers = OrderedDict(conv=nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False), norm=nn.GroupNorm(32, out_ch))
     if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+        layers["relu"] = nn.ReLU(inplace=True)
+    return nn.Sequential(layers)
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -63,7 +65,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.output_conv = conv_gn(conv_dim, conv_dim, 3, relu=True)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 1)
         for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.xavier_uniform_(proj.conv.weight, gain=1)
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
         nn.init.constant_(self.mask_features.bias, 0)
 
