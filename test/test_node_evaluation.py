@@ -86,6 +86,9 @@ def test_two_cameras_every_frame_bad_input_and_sim_time(nodes):
                20, "diagnostics counting the 5 bad frames")
     for cam in pubs:
         assert values(cam)["dropped"] == "0" and values(cam)["processed"] == "12"
+    batch_sizes = {kv.value for msg in diags for status in msg.status if status.name.endswith("model")
+                   for kv in status.values if kv.key == "batch_size_max"}
+    assert "2.0" in batch_sizes, f"frames of the two cameras were never inferred together: {batch_sizes}"
 
     # use_sim_time: the age of the input is measured on /clock (wall-clock age would be decades).
     late = rgb_image(frame(99), 0, "cam1")

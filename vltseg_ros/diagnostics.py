@@ -40,6 +40,7 @@ class NodeStats:
     state: str = "unconfigured"
     cameras: dict[str, CameraStats] = field(default_factory=dict)
     stages: dict[str, deque] = field(default_factory=lambda: {s: _window() for s in STAGES})
+    batch_sizes: deque = field(default_factory=_window)  # frames per predict_batch call (cameras sharing the model)
 
     def add_camera(self, topic: str) -> None:
         self.cameras[topic] = CameraStats()
@@ -51,10 +52,11 @@ class NodeStats:
         self.stages.setdefault(name, _window()).append(seconds)
 
 
-def _ms(samples: deque, reduce=np.mean) -> str:
+def _summary(samples: deque, reduce=np.mean, scale: float = 1000.0) -> str:
+    """Reduce and forget one period's samples (seconds -> ms by default)."""
     values = list(samples)
     samples.clear()
-    return f"{reduce(values) * 1000:.1f}" if values else "nan"
+    return f"{reduce(values) * scale:.1f}" if values else "nan"
 
 
 def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) -> DiagnosticArray:
@@ -62,7 +64,10 @@ def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) 
     model = DiagnosticStatus(name=f"{node_name}: model", hardware_id=str(stats.identity.get("device", "")),
                              level=DiagnosticStatus.OK, message=f"{stats.state}, {stats.mode} mode")
     model.values = [KeyValue(key=k, value=str(v)) for k, v in stats.identity.items()]
-    model.values += [KeyValue(key=f"latency_ms/{name}", value=_ms(samples)) for name, samples in stats.stages.items()]
+    model.values += [KeyValue(key=f"latency_ms/{name}", value=_summary(samples))
+                     for name, samples in stats.stages.items()]
+    model.values += [KeyValue(key="batch_size_max", value=_summary(stats.batch_sizes.copy(), np.max, 1.0)),
+                     KeyValue(key="batch_size_mean", value=_summary(stats.batch_sizes, np.mean, 1.0))]
     statuses = [model]
     for topic, cam in stats.cameras.items():
         in_rate = (cam.received - cam.last_received) / period
@@ -75,8 +80,8 @@ def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) 
             ("received", cam.received), ("processed", cam.processed), ("dropped", cam.dropped),
             ("skipped_bad_input", cam.skipped), ("unwatched", cam.unwatched),
             ("input_rate_hz", f"{in_rate:.2f}"), ("output_rate_hz", f"{out_rate:.2f}"),
-            ("input_age_ms_max", _ms(cam.ages.copy(), np.max)), ("input_age_ms_mean", _ms(cam.ages)),
-            ("receive_to_publish_ms_mean", _ms(cam.queue_latencies)))]
+            ("input_age_ms_max", _summary(cam.ages.copy(), np.max)), ("input_age_ms_mean", _summary(cam.ages)),
+            ("receive_to_publish_ms_mean", _summary(cam.queue_latencies)))]
         statuses.append(status)
     msg = DiagnosticArray(status=statuses)
     msg.header.stamp = stamp

@@ -278,6 +278,7 @@ class SegmentationNode(LifecycleNode):
                     self._stats.camera(frame.camera.input_topic).skipped += 1
                 self._warn(f"skipped {len(group)} frame(s): {exc}")
                 continue
+            self._stats.batch_sizes.append(len(group))
             for stage, seconds in (self._predictor.last_timings or {}).items():
                 self._stats.stage(stage, seconds)
             for (frame, rgb), prediction in zip(group, predictions):
