@@ -24,12 +24,15 @@ def test_presets_listed():
 
 @pytest.mark.parametrize("name", PAPER_PRESETS)
 def test_paper_preset_predicts_any_size(name):
+    """512x1024 for all; the L presets (304M params) get that one forward only, the B presets also an odd size
+    (padding to the size divisor and cropping back is shared code, also covered by tiny-test)."""
     torch.manual_seed(0)
     model = build_model(name).eval()
     assert model.num_classes == 19 and model.class_table == "cityscapes"
     with torch.inference_mode():
         assert_probabilities(model(torch.rand(1, 3, 512, 1024) * 255), 1, 512, 1024)
-        assert_probabilities(model(torch.rand(1, 3, 70, 101) * 255), 1, 70, 101)
+        if "-l14-" not in name:
+            assert_probabilities(model(torch.rand(1, 3, 70, 101) * 255), 1, 70, 101)
 
 
 def test_paper_backbone_settings():
