@@ -88,17 +88,21 @@ def stop_node(proc: subprocess.Popen) -> int:
 
 
 class Harness:
-    """The test side: one rclpy node + executor in the test process."""
+    """The test side: one rclpy node + executor in the test process, in a private context (other test modules
+    may hold the default one)."""
 
     def __init__(self, name: str, node_log: Path, proc: subprocess.Popen):
-        self.node = Node(name)
-        self.executor = SingleThreadedExecutor()
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.log, self.proc = node_log, proc
 
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
 
     def node_log(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
@@ -156,8 +160,3 @@ def diagnostics_values(msgs: list, camera_topic: str) -> dict[str, str]:
             if status.hardware_id == camera_topic:
                 return {kv.key: kv.value for kv in status.values}
     return {}
-
-
-def init_rclpy() -> None:
-    if not rclpy.ok():
-        rclpy.init()

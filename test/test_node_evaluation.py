@@ -4,13 +4,12 @@ compressed transports, and every kind of bad input is skipped while the next goo
 import cv2
 import numpy as np
 import pytest
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 
-from ros_helpers import (RELIABLE, Harness, diagnostics_values, frame, header, init_rclpy, rgb_image, start_node,
+from ros_helpers import (RELIABLE, Harness, diagnostics_values, frame, header, rgb_image, start_node,
                          stop_node, tiny_onnx)
 from vltseg_core.predictor import load_predictor
 from vltseg_ros.image_conversions import compressed_to_rgb
@@ -21,7 +20,6 @@ SIM_NOW = 2000  # s: the /clock we publish; frame stamps are 1000 + index s
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     """Both nodes start together (they load in parallel); one harness in this process talks to both."""
-    init_rclpy()
     onnx = tiny_onnx()
     logs = tmp_path_factory.mktemp("evaluation")
     common = dict(model=str(onnx), backend="onnxruntime", mode="evaluation", autostart=True, diagnostics_period=0.2)
@@ -34,7 +32,6 @@ def nodes(tmp_path_factory):
     for h in harnesses.values():
         h.close()
     assert stop_node(raw) == 0 and stop_node(compressed) == 0
-    rclpy.shutdown()
 
 
 def bad_raw_frames(index: int) -> list[Image]:

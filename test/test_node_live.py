@@ -4,7 +4,6 @@ for the same frame, lazy outputs, camera_info scaling, and latest-frame-wins und
 model."""
 import numpy as np
 import pytest
-import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
@@ -12,7 +11,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
-from ros_helpers import (BEST_EFFORT, RELIABLE, Harness, diagnostics_values, frame, init_rclpy, rgb_image,
+from ros_helpers import (BEST_EFFORT, RELIABLE, Harness, diagnostics_values, frame, rgb_image,
                          start_node, stop_node, tiny_onnx)
 from vltseg_core.predictor import load_predictor
 from vltseg_ros.image_conversions import image_to_rgb
@@ -27,7 +26,6 @@ def onnx_model():
 
 @pytest.fixture(scope="module")
 def live(onnx_model, tmp_path_factory):
-    init_rclpy()
     log = tmp_path_factory.mktemp("live") / "node.log"
     proc = start_node(log, model=str(onnx_model), backend="onnxruntime", use_camera_info=True,
                       diagnostics_period=0.2, overlay_alpha=0.5)
@@ -35,7 +33,6 @@ def live(onnx_model, tmp_path_factory):
     yield harness
     harness.close()
     assert stop_node(proc) == 0, f"node did not exit cleanly on SIGINT:\n{harness.node_log()}"
-    rclpy.shutdown()
 
 
 def as_array(msg: Image) -> np.ndarray:

@@ -36,11 +36,12 @@ def test_readme_table_documents_every_parameter(repo_root):
 def node():
     from vltseg_ros.node import SegmentationNode
 
-    rclpy.init()
-    node = SegmentationNode()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = SegmentationNode(context=context)
     yield node
     node.destroy_node()
-    rclpy.shutdown()
+    rclpy.shutdown(context=context)
 
 
 def test_node_declares_them_with_types_ranges_and_read_only(node):
