@@ -123,14 +123,13 @@ class SegmentationNode(LifecycleNode):
             self._table = table
         identity = self._predictor.identity()
         self.get_logger().info(f"model ready in {time.monotonic() - start:.1f} s: {identity}")
-        self._stats = NodeStats(identity=identity, mode=mode)
+        self._stats = NodeStats(identity=identity, mode=mode, state="inactive")
 
         output_qos = LIVE_OUTPUT if mode == "live" else EVALUATION_OUTPUT
         self._cameras = []
         for name in names:
-            relative = f"{name}/image" if name else "image"
-            topic = self.resolve_topic_name(relative if transport == "raw" else relative + "/compressed")
-            cam = Camera(name, topic, deque(maxlen=1) if mode == "live" else deque())
+            cam = Camera(name, "", deque(maxlen=1) if mode == "live" else deque())
+            cam.input_topic = self.resolve_topic_name(cam.topic("image" if transport == "raw" else "image/compressed"))
             for out in OUTPUTS:
                 cam.publishers[out] = self.create_publisher(Image, cam.topic(f"segmentation/{out}"), output_qos)
             cam.publishers["camera_info"] = self.create_publisher(CameraInfo, cam.topic("segmentation/camera_info"),
