@@ -32,6 +32,8 @@ from vltseg_ros.replay import (COMPRESSED, IMAGE, IMAGE_TYPES, TYPESTORE, VideoS
 OUTPUTS = ("mask", "color", "confidence", "overlay")
 NODE_NAME = "segmentation_node"
 DIAGNOSTICS_PERIOD = 0.5
+WARMUP_FRAME_ID = "vltseg_demo_warmup"
+ANSWER_GRACE = 2.0  # seconds to wait for the last answers once the node reports every frame as done
 
 
 @dataclass
@@ -143,6 +145,7 @@ class Player:
         self.node_prefix = f"{namespace.rstrip('/')}/{NODE_NAME}: "
         self.published = 0
         self.handled = 0  # frames the node reports as processed or skipped (bad input), from /diagnostics
+        self.warm_outputs: set[str] = set()
         self.progress_at = time.monotonic()
         self.answered = threading.Condition()
         self.subs = [self.node.create_subscription(Image, f"segmentation/{name}", self._on_output(name), reliable)
@@ -161,7 +164,9 @@ class Player:
             frame = self.by_stamp.get((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec,
                                        msg.header.frame_id))
             with self.answered:
-                if frame is None:
+                if msg.header.frame_id == WARMUP_FRAME_ID:
+                    self.warm_outputs.add(name)
+                elif frame is None:
                     self.unexpected[name] += 1
                 else:
                     frame.outputs[name] = (received, msg)
@@ -189,7 +194,6 @@ class Player:
                     raise VLTSegError(f"the segmentation node exited with code {process.returncode} during start-up "
                                       f"({_tail(log)}); full log: {log}")
                 if self.image_pub.get_subscription_count() and all(s.get_publisher_count() for s in self.subs[:4]):
-                    time.sleep(1.0)  # let discovery settle on the node's side too (it publishes only watched outputs)
                     return time.monotonic() - start
                 time.sleep(0.2)
                 bar.update()
@@ -208,16 +212,36 @@ class Player:
             frame.published = self.progress_at = time.monotonic()
         self.image_pub.publish(image)
 
-    def wait_for(self, frames: list[PlayedFrame], timeout: float) -> bool:
-        """Wait until every frame has its mask or the node counted every frame sent as done (True), or until
-        `timeout` seconds passed without any progress (False)."""
+    def warm_up(self, frame: PlayedFrame, timeout: float) -> int:
+        """Send the clip's first image, marked as a warm-up frame, until the node has answered on every output:
+        then discovery has matched both sides of every topic (nothing played later is lost to it) and the model
+        has run once. Returns the number of warm-up frames sent."""
+        from rclpy.serialization import deserialize_message
+
+        image = deserialize_message(frame.image, self.image_type)
+        image.header.frame_id = WARMUP_FRAME_ID
+        deadline, sent = time.monotonic() + timeout, 0
         with self.answered:
-            while not (all("mask" in f.outputs for f in frames) or self.handled >= self.published):
-                left = self.progress_at + timeout - time.monotonic()
-                if left <= 0:
-                    return False
-                self.answered.wait(min(left, 1.0))
-        return True
+            while set(OUTPUTS) - self.warm_outputs:
+                if time.monotonic() > deadline:
+                    raise VLTSegError(f"the segmentation node answered warm-up frames only on "
+                                      f"{sorted(self.warm_outputs)} within {timeout:.0f} s (expected {list(OUTPUTS)})")
+                if self.handled >= self.published:  # the node is done with what it got: send (another) one
+                    self.clock_pub.publish(self.clock_type(clock=image.header.stamp))
+                    self.image_pub.publish(image)
+                    self.published, sent, self.progress_at = self.published + 1, sent + 1, time.monotonic()
+                self.answered.wait(0.5)
+        return sent
+
+    def wait_for(self, frames: list[PlayedFrame], timeout: float) -> None:
+        """Wait until every frame has its mask, or the node counted every frame sent as done and nothing arrived
+        for ANSWER_GRACE seconds (a frame it skipped), or nothing at all happened for `timeout` seconds."""
+        with self.answered:
+            while not all("mask" in f.outputs for f in frames):
+                idle = time.monotonic() - self.progress_at
+                if (self.handled >= self.published and idle > ANSWER_GRACE) or idle > timeout:
+                    return
+                self.answered.wait(0.2)
 
     def close(self) -> None:
         import rclpy
@@ -329,6 +353,7 @@ def run_demo(opts: DemoOptions) -> dict:
     try:
         player = Player(namespace, msgtype, frames)
         startup_s = player.wait_ready(process, log, opts.node_timeout)
+        warm_up_frames = player.warm_up(frames[0], opts.node_timeout)
         play(player, frames, opts.rate, opts.frame_timeout)
         answers = [f.outputs["mask"][0] for f in frames if "mask" in f.outputs]
         wall = (max(answers) if answers else time.monotonic()) - frames[0].published
@@ -338,7 +363,8 @@ def run_demo(opts: DemoOptions) -> dict:
             player.close()
         node_rc = stop_node(process)
     return _write_outputs(opts, bag, out, topic, msgtype, namespace, frames, player,
-                          {"command": shlex.join(cmd), "startup_s": startup_s, "exit_code": node_rc, "log": str(log)},
+                          {"command": shlex.join(cmd), "startup_s": startup_s, "warm_up_frames": warm_up_frames,
+                           "exit_code": node_rc, "log": str(log)},
                           wall)
 
 
@@ -447,7 +473,8 @@ def demo_markdown(report: dict) -> str:
         lines += ["| node stage | ms |", "| --- | ---: |"]
         lines += [f"| {k} | {v:.1f} |" for k, v in node["stage_latency_ms_median_of_period_means"].items()] + [""]
     if node["counters"]:
-        lines += ["Node counters: " + ", ".join(f"{k} {v}" for k, v in node["counters"].items()) + ".", ""]
+        lines += [f"Node counters (including {node['warm_up_frames']} warm-up frame(s) sent before the clip): "
+                  + ", ".join(f"{k} {v}" for k, v in node["counters"].items()) + ".", ""]
     top = list(report["class_pixel_share_percent"].items())[:8]
     if top:
         lines += ["What the model sees (share of pixels): " + ", ".join(f"{k} {v:.1f}%" for k, v in top) + ".", ""]
