@@ -73,15 +73,27 @@ def test_pickled_objects_are_refused(tmp_path):
         load_backbone_weights(ViTBackbone("eva02-tiny", [0], timm_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2}), evil)
 
 
+class OpenAIClip(torch.nn.Module):
+    """OpenAI's released CLIP files are TorchScript archives of a model whose image tower is `visual`."""
+
+    def __init__(self, visual: torch.nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+
 def test_openai_clip_layout_loads_with_same_features(tmp_path):
-    """A (small) OpenAI-layout CLIP ViT state dict (`visual.conv1`, `visual.transformer.resblocks...`, QuickGELU)."""
+    """A (small) OpenAI-layout CLIP ViT (`visual.conv1`, `visual.transformer.resblocks...`, QuickGELU), saved as
+    TorchScript like OpenAI's `ViT-B-16.pt`."""
     from open_clip.transformer import QuickGELU, VisionTransformer
 
     torch.manual_seed(2)
     openai = VisionTransformer(image_size=224, patch_size=16, width=64, layers=2, heads=2, mlp_ratio=4.0,
                                output_dim=32, act_layer=QuickGELU).eval()
     path = tmp_path / "ViT-tiny-16.pt"
-    torch.save({f"visual.{k}": v for k, v in openai.state_dict().items()}, path)
+    torch.jit.save(torch.jit.trace(OpenAIClip(openai), torch.randn(1, 3, 224, 224), check_trace=False), str(path))
     ours = ViTBackbone("clip-b16", [0, 1], img_size=224, timm_kwargs={"embed_dim": 64, "depth": 2, "num_heads": 2}).eval()
     assert load_backbone_weights(ours, path)["ignored"] == ["head.bias", "head.weight"]
     images = torch.randn(1, 3, 224, 224)

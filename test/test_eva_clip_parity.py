@@ -6,6 +6,7 @@ import torch
 
 from vltseg_core.checkpoint import load_backbone_weights
 from vltseg_core.errors import VLTSegError
+from vltseg_core.models import build_model, load_preset
 from vltseg_core.models.backbone import ViTBackbone
 
 eva_model = pytest.importorskip("consisid_eva_clip.model", reason="consisid-eva-clip (test extra) not installed")
@@ -62,9 +63,12 @@ def test_official_checkpoint_gives_same_features(official_tower, official_checkp
 
 
 def test_official_checkpoint_resamples_to_training_size(official_checkpoint):
-    ours = ViTBackbone("eva02-clip-b16", OUT_INDICES, img_size=512, patch_size=16)
-    load_backbone_weights(ours, official_checkpoint)
-    assert ours.vit.pos_embed.shape == (1, 1 + 32 * 32, 768)
+    preset = load_preset("eva02-b16-m2f")
+    preset["backbone"]["img_size"] = 512
+    preset["head"] = {"type": "light", "channels": 32}  # the head plays no part in backbone loading
+    model = build_model(preset)
+    load_backbone_weights(model, official_checkpoint)
+    assert model.backbone.vit.pos_embed.shape == (1, 1 + 32 * 32, 768)
 
 
 def test_official_checkpoint_into_other_backbone_fails_clearly(official_checkpoint):

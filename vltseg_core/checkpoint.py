@@ -125,12 +125,14 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Load pre-trained ViT weights into `backbone.vit` (a ViTBackbone) from the official/open_clip/timm/OpenAI layouts
-    (timm's converters; position embeddings resampled to the preset's img_size grid, patch kernels to its patch
-    size). Returns {"ignored": [...]} (projection heads); any other mismatch raises VLTSegError."""
+def load_backbone_weights(target: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Load pre-trained ViT weights into a VLTSeg model's backbone (or a bare ViTBackbone) from the official /
+    open_clip / timm / OpenAI layouts (timm's converters; position embeddings resampled to the preset's img_size
+    grid, patch kernels to its patch size). Returns {"ignored": [...]} (projection heads); any other mismatch
+    raises VLTSegError."""
     from timm.models import eva, vision_transformer
 
+    backbone = target.backbone if hasattr(target, "backbone") else target
     vit = backbone.vit
     state = read_weights(path)
     filter_fn = eva.checkpoint_filter_fn if backbone.family == "eva" else vision_transformer.checkpoint_filter_fn
