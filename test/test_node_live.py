@@ -105,6 +105,9 @@ def test_lifecycle_outputs_lazy_work_and_latest_frame_wins(live, onnx_model):
         assert np.abs(as_array(conf).astype(int) - prediction.confidence * 255).max() <= 1
         color = [c for c in outputs["color"] if c.header == out.header][0]
         assert np.array_equal(as_array(color), predictor.class_table.colorize(prediction.labels))
+        overlay = [c for c in outputs["overlay"] if c.header == out.header][0]
+        expected = 0.5 * as_array(color).astype(float) + 0.5 * sent[out.header.frame_id][1]
+        assert np.abs(as_array(overlay) - expected).max() <= 1
     assert len(np.unique(as_array(outputs["mask"][0]))) > 1, "the test frames should give several classes"
     scaled = [i for i in infos if i.header == outputs["mask"][-1].header][0]
     assert (scaled.width, scaled.height) == (128, 96)
@@ -139,6 +142,7 @@ def test_lifecycle_outputs_lazy_work_and_latest_frame_wins(live, onnx_model):
     model_status = [s for s in diags[-1].status if s.name.endswith("model")][0]
     keys = {kv.key for kv in model_status.values}
     assert {"backend", "onnx_sha256", "latency_ms/decode", "latency_ms/inference", "latency_ms/publish"} <= keys
+    assert {kv.key: kv.value for kv in model_status.values}["errors"] == "0"
 
     # Cleanup frees the model; configure loads it again; shutdown finalizes.
     assert h.transition(Transition.TRANSITION_DEACTIVATE)

@@ -38,6 +38,7 @@ class NodeStats:
     identity: dict = field(default_factory=dict)
     mode: str = ""
     state: str = "unconfigured"
+    errors: int = 0  # batches that raised something other than bad input (logged as errors)
     cameras: dict[str, CameraStats] = field(default_factory=dict)
     stages: dict[str, deque] = field(default_factory=lambda: {s: _window() for s in STAGES})
     batch_sizes: deque = field(default_factory=_window)  # frames per predict_batch call (cameras sharing the model)
@@ -62,11 +63,13 @@ def _summary(samples: deque, reduce=np.mean, scale: float = 1000.0) -> str:
 def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) -> DiagnosticArray:
     """One status for the model (identity, per-stage latency) and one per camera (counters, rates, age)."""
     model = DiagnosticStatus(name=f"{node_name}: model", hardware_id=str(stats.identity.get("device", "")),
-                             level=DiagnosticStatus.OK, message=f"{stats.state}, {stats.mode} mode")
+                             level=DiagnosticStatus.ERROR if stats.errors else DiagnosticStatus.OK,
+                             message=f"{stats.state}, {stats.mode} mode, {stats.errors} failed batches")
     model.values = [KeyValue(key=k, value=str(v)) for k, v in stats.identity.items()]
     model.values += [KeyValue(key=f"latency_ms/{name}", value=_summary(samples))
                      for name, samples in stats.stages.items()]
-    model.values += [KeyValue(key="batch_size_max", value=_summary(stats.batch_sizes.copy(), np.max, 1.0)),
+    model.values += [KeyValue(key="errors", value=str(stats.errors)),
+                     KeyValue(key="batch_size_max", value=_summary(stats.batch_sizes.copy(), np.max, 1.0)),
                      KeyValue(key="batch_size_mean", value=_summary(stats.batch_sizes, np.mean, 1.0))]
     statuses = [model]
     for topic, cam in stats.cameras.items():

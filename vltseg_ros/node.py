@@ -239,7 +239,12 @@ class SegmentationNode(LifecycleNode):
                 limit = self._param("max_batch_size")
                 batch = [cam.pending.popleft() for cam in self._cameras if cam.pending][:limit]
             if batch and not self._stop.is_set():
-                self._process(batch)
+                try:
+                    self._process(batch)
+                except Exception as exc:  # noqa: BLE001 - one failing batch must not end processing for good
+                    self._stats.errors += 1
+                    self.get_logger().error(f"{len(batch)} frame(s) failed: {type(exc).__name__}: {exc}",
+                                            throttle_duration_sec=max(self._param("warn_throttle"), 1e-3))
 
     def _wanted(self, cam: Camera) -> set[str]:
         return {out for out in OUTPUTS if cam.publishers[out].get_subscription_count() > 0}
