@@ -141,7 +141,7 @@ class SegmentationNode(LifecycleNode):
         self._label_pub.publish(label_info_message(self._table, self.get_clock().now().to_msg()))
         class_names = Parameter("class_names", Parameter.Type.STRING_ARRAY, list(self._table.names))
         if self.has_parameter("class_names"):
-            self.set_parameters([class_names])
+            self.set_parameters([class_names])  # a re-configure may have loaded another model
         else:
             self.declare_parameter("class_names", class_names.value, descriptor(OUTPUT_PARAMS[0]))
 

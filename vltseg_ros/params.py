@@ -51,7 +51,8 @@ PARAMS: tuple[ParamSpec, ...] = (
 
 # Set by the node in configure (not by users), so consumers without vision_msgs still find the class table.
 OUTPUT_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("class_names", [""], "class names by class id of the loaded model (output; set in configure)"),
+    ParamSpec("class_names", [""], "class names by class id of the loaded model (output: set at each configure, "
+              "so not read-only; setting it changes nothing)", read_only=False),
 )
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
