@@ -337,6 +337,8 @@ def run_demo(opts: DemoOptions) -> dict:
     """Play the clip into the real node, record its answers, write the report; returns the report."""
     from vltseg_ros.demo_bag import prepare_demo_bag
 
+    if opts.pngs < 0 or opts.rate < 0:
+        raise VLTSegError(f"--pngs {opts.pngs}, --rate {opts.rate} (expected both >= 0)")
     bag = Path(opts.bag) if opts.bag else prepare_demo_bag()
     topic, msgtype, frames = select_frames(bag, opts.seconds, opts.fps, opts.start)
     namespace = camera_namespace(topic)
