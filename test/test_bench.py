@@ -49,6 +49,7 @@ def test_json_has_every_cell_with_consistent_statistics(bench_out):
             assert node["below"] == "predictor"
             assert node["ratio_to_below"] == pytest.approx(node["median_ms"] / pred["median_ms"])
             assert rep["ratio_to_below"] == pytest.approx(rep["frames_per_s"] / pred["frames_per_s"])
+            assert node["details"]["node_stage_mean_ms"]["inference"] > 0  # the node's own /diagnostics
             h, w = (int(v) for v in size.split("x"))
             assert back["details"]["batches"] == [[1, 3, h, w]]  # tiny-test infers at the input size
 
@@ -96,8 +97,10 @@ def test_markdown_and_plot(bench_out):
     report = json.loads((bench_out / "bench.json").read_text())
     markdown = (bench_out / "bench.md").read_text()
     assert report["command"] in markdown
-    table = [line for line in markdown.splitlines() if line.split("|")[1:2] and line.split("|")[1].strip() in LAYERS]
-    assert len(table) == len(report["results"])
+    lines = markdown.splitlines()
+    for row in report["results"]:
+        cells = f"| {row['layer']} | {row['backend']} | {row['size']} | {row['median_ms']:.1f} | {row['p95_ms']:.1f} |"
+        assert sum(line.startswith(cells) for line in lines) == 1, cells
     assert markdown.count("| met |") + markdown.count("| **missed** |") == len(report["targets"])
     with Image.open(bench_out / "latency_vs_resolution.png") as png:
         assert png.format == "PNG" and png.width > 300 and png.height > 200

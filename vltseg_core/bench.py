@@ -351,6 +351,13 @@ def markdown_report(report: dict) -> str:
             rss += f" (CUDA {row['cuda_max_allocated_mib']:.0f})"
         lines.append(f"| {row['layer']} | {row['backend']} | {row['size']} | {_fmt(row['median_ms'])} | "
                      f"{_fmt(row['p95_ms'])} | {row['frames_per_s']:.2f} | {vs} | {rss} |")
+    node_rows = [row for row in report["results"] if row["details"].get("node_stage_mean_ms")]
+    if node_rows:
+        stages = ("decode", "preprocess", "inference", "postprocess", "publish", "receive_to_publish")
+        lines += ["", "Inside the node (means over the measured frames, ms, from its /diagnostics):", "",
+                  "| backend | size | " + " | ".join(stages) + " |", "| --- | --- |" + " ---: |" * len(stages)]
+        lines += [f"| {row['backend']} | {row['size']} | " + " | ".join(
+            _fmt(row["details"]["node_stage_mean_ms"].get(stage)) for stage in stages) + " |" for row in node_rows]
     if report["targets"]:
         lines += ["", "| target | backend | size | result | figures |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {t['target']} | {t['backend']} | {t['size']} | {'met' if t['met'] else '**missed**'} | "

@@ -23,6 +23,7 @@ from vltseg_ros.image_conversions import array_to_image
 
 NODE_START_TIMEOUT_S = 600.0  # the node loads (or exports/builds) the model before its first mask
 FRAME_TIMEOUT_S = 300.0  # one frame through a large model on a busy CPU
+DIAGNOSTICS_PERIOD_S = 1.0
 REPLAY_TOPIC = "/camera/image"
 REPLAY_START_NS = 1_700_000_000_000_000_000
 
@@ -36,13 +37,53 @@ def _image_msg(frame: np.ndarray, stamp_ns: int):
     return array_to_image(frame, "rgb8", header)
 
 
+class _NodeStages:
+    """The node's own per-stage means from /diagnostics, weighted by the frames each period processed: where the
+    node's time goes (decode, preprocess, inference, postprocess, publish, receive -> publish)."""
+
+    def __init__(self, node_name: str):
+        self.node_name = node_name
+        self.periods: list[tuple[int, dict[str, float]]] = []
+        self.last_processed: int | None = None
+        self.recording = False
+
+    def on_message(self, msg) -> None:
+        statuses = {status.name: {kv.key: kv.value for kv in status.values} for status in msg.status}
+        model = statuses.get(f"{self.node_name}: model")
+        camera = next((v for k, v in statuses.items() if k.startswith(self.node_name) and "processed" in v), None)
+        if model is None or camera is None:
+            return
+        processed = int(camera["processed"])
+        frames = processed - (self.last_processed if self.last_processed is not None else processed)
+        self.last_processed = processed
+        values = {key.removeprefix("latency_ms/"): float(value) for key, value in model.items()
+                  if key.startswith("latency_ms/")}
+        values["receive_to_publish"] = float(camera["receive_to_publish_ms_mean"])
+        if self.recording and frames:
+            self.periods.append((frames, values))
+
+    def start(self) -> None:
+        self.periods, self.recording = [], True
+
+    def frames(self) -> int:
+        return sum(n for n, _ in self.periods)
+
+    def means_ms(self) -> dict[str, float]:
+        self.recording = False
+        total = self.frames()
+        keys = {key for _, values in self.periods for key in values}
+        return {key: sum(n * values[key] for n, values in self.periods if np.isfinite(values.get(key, np.nan)))
+                / total for key in sorted(keys)} if total else {}
+
+
 class _NodeProcess:
     """The segmentation node in a child process under a private namespace, its output kept in a log file."""
 
     def __init__(self, setup: BenchSetup, namespace: str, log_dir: Path):
         self.log_path = log_dir / "segmentation_node.log"
         params = {"model": setup.model, "backend": setup.backend, "device": setup.device,
-                  "precision": setup.precision, "mode": "evaluation", "autostart": "true"}
+                  "precision": setup.precision, "mode": "evaluation", "autostart": "true",
+                  "diagnostics_period": DIAGNOSTICS_PERIOD_S}
         cmd = [sys.executable, "-c", "from vltseg_ros.node import main; main()", "--ros-args",
                "-r", f"__ns:={namespace}"]
         for name, value in params.items():
@@ -70,6 +111,7 @@ class _NodeProcess:
 def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
     """Publish a frame, wait for its mask from the node process, repeat; one node process for all sizes."""
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -93,6 +135,8 @@ def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerRes
 
             publisher = node.create_publisher(Image, "image", qos)
             node.create_subscription(Image, "segmentation/mask", on_mask, qos)
+            stages = _NodeStages(f"{namespace}/segmentation_node")
+            node.create_subscription(DiagnosticArray, "/diagnostics", stages.on_message, 10)
 
             def send(frame: np.ndarray, timeout: float, resend_every: float | None = None) -> float:
                 """Seconds from publish to this frame's mask (the frame is re-sent while the node starts up)."""
@@ -122,12 +166,18 @@ def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerRes
                     send(frame, FRAME_TIMEOUT_S)
                     setup.tick()
                 times = []
+                stages.start()
                 for _ in range(setup.iters):
                     times.append(send(frame, FRAME_TIMEOUT_S))
                     setup.tick()
+                deadline = time.monotonic() + 2 * DIAGNOSTICS_PERIOD_S  # the period holding the last frames
+                while stages.frames() < setup.iters and time.monotonic() < deadline:
+                    executor.spin_once(timeout_sec=0.05)
                 results.append(LayerResult("node", setup.backend, size, times, len(times) / sum(times),
                                            read_peak_rss_mib(node_proc.proc.pid),
-                                           details={"peak_rss_of": "segmentation node process"}))
+                                           details={"peak_rss_of": "segmentation node process",
+                                                    "node_stage_mean_ms": stages.means_ms(),
+                                                    "node_stage_frames": stages.frames()}))
             executor.shutdown()
             node.destroy_node()
         finally:
