@@ -45,13 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Export and engine builds take minutes: show our progress/cache log lines (not third-party INFO chatter).
-    logger = logging.getLogger("vltseg_core")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    return _onnx(args) if args.target == "onnx" else _trt(args)
+    logger, handler = logging.getLogger("vltseg_core"), logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        return _onnx(args) if args.target == "onnx" else _trt(args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _onnx(args: argparse.Namespace) -> int:

@@ -124,7 +124,8 @@ def graph_metadata(path: Path) -> dict:
     return {"preset": json.loads(props.get("vltseg.preset", "{}")),
             "class_table": props.get("vltseg.class_table", "cityscapes"),
             "num_classes": int(props.get("vltseg.num_classes", "0") or 0),
-            "dynamic": json.loads(props.get("vltseg.dynamic", "false"))}
+            "dynamic": json.loads(props.get("vltseg.dynamic", "false")),
+            "export_size": json.loads(props.get("vltseg.export_size", "null"))}
 
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, sizes: list[tuple[int, int]],

@@ -157,9 +157,10 @@ def engine_for_onnx(onnx_path: Path, precision: str = "fp16", device: str = "cud
     """The engine for `onnx_path` on this GPU: reused when its manifest matches, else (re)built under the lock."""
     from vltseg_core.export.onnx_export import graph_metadata
 
-    if size is None:  # a dynamic graph without a size: optimise for the preset's crop / test size
-        test = graph_metadata(onnx_path).get("preset", {}).get("test", {})
-        size = tuple(test.get("crop_size") or test.get("size") or ()) or None
+    if size is None:  # a dynamic graph without a size: the preset's crop / test size, else the traced size
+        meta = graph_metadata(onnx_path)
+        test = meta.get("preset", {}).get("test", {})
+        size = tuple(test.get("crop_size") or test.get("size") or meta.get("export_size") or ()) or None
     spec = engine_spec(onnx_path, precision, device, size, min_size, max_size, batch, workspace_mib)
     engine = engine_path or default_engine_path(onnx_path, spec)
     metadata = {**graph_metadata(onnx_path), "onnx": str(onnx_path.resolve())}
