@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -33,6 +34,9 @@ from vltseg_ros.diagnostics import NodeStats, diagnostics_message
 from vltseg_ros.image_conversions import array_to_image, compressed_to_rgb, image_to_rgb
 from vltseg_ros.label_info import LATCHED, label_info_message, label_info_type
 from vltseg_ros.params import MODES, OUTPUT_PARAMS, PARAMS, TRANSPORTS, descriptor
+
+if TYPE_CHECKING:  # importing the predictor loads torch: only in configure
+    from vltseg_core.predictor import Prediction
 
 OUTPUTS = ("mask", "color", "confidence", "overlay")
 LIVE_INPUT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
@@ -271,28 +275,26 @@ class SegmentationNode(LifecycleNode):
             self._stats.stage("decode", time.monotonic() - start)
             decoded.append((frame, rgb))
 
-        by_shape: dict[tuple, list[tuple[Frame, np.ndarray]]] = {}
-        for item in decoded:
-            by_shape.setdefault(item[1].shape, []).append(item)
-        for group in by_shape.values():
-            try:
-                predictions = self._predictor.predict_batch([rgb for _, rgb in group])
-            except VLTSegError as exc:
-                for frame, _ in group:
-                    self._stats.camera(frame.camera.input_topic).skipped += 1
-                self._warn(f"skipped {len(group)} frame(s): {exc}")
-                continue
-            self._stats.batch_sizes.append(len(group))
-            for stage, seconds in (self._predictor.last_timings or {}).items():
-                self._stats.stage(stage, seconds)
-            for (frame, rgb), prediction in zip(group, predictions):
-                self._publish(frame, rgb, prediction)
+        if not decoded:
+            return
+        try:  # one call: the predictor runs same-size frames as one backend batch
+            predictions = self._predictor.predict_batch([rgb for _, rgb in decoded])
+        except VLTSegError as exc:
+            for frame, _ in decoded:
+                self._stats.camera(frame.camera.input_topic).skipped += 1
+            self._warn(f"skipped {len(decoded)} frame(s): {exc}")
+            return
+        self._stats.batch_sizes.append(len(decoded))
+        for stage, seconds in (self._predictor.last_timings or {}).items():
+            self._stats.stage(stage, seconds)
+        for (frame, rgb), prediction in zip(decoded, predictions):
+            self._publish(frame, rgb, prediction)
 
-    def _publish(self, frame: Frame, rgb: np.ndarray, prediction) -> None:
+    def _publish(self, frame: Frame, rgb: np.ndarray, prediction: Prediction) -> None:
         start = time.monotonic()
         cam, header = frame.camera, frame.msg.header
         wanted = self._wanted(cam)
-        if "mask" in wanted or not self._param("mode") == "live":
+        if "mask" in wanted or self._param("mode") != "live":  # evaluation: every mask, listened to or not
             cam.publishers["mask"].publish(array_to_image(prediction.labels, "mono8", header))
         if "confidence" in wanted:
             confidence = np.clip(prediction.confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
