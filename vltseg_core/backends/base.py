@@ -6,15 +6,12 @@ else (resizing, sliding windows, argmax) lives in the predictor, so all backends
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from vltseg_core.errors import VLTSegError
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
