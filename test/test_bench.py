@@ -63,6 +63,7 @@ def test_targets_and_machine_identity(bench_out):
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["cpu"] and machine["torch"] == torch.__version__
     assert machine["onnxruntime"]
+    assert report["backends"]["torch"]["backend"] == "torch"  # Predictor.identity() of each backend
 
 
 def test_targets_met_and_missed_at_their_thresholds():

@@ -246,9 +246,11 @@ def layer_function(layer: str) -> Callable[[BenchSetup, list[tuple[int, int]]], 
 
 def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], layers: list[str], device: str = "cpu",
               precision: str = "fp32", warmup: int = 3, iters: int = 20,
-              on_layer_done: Callable[[list[LayerResult]], None] = lambda results: None) -> list[LayerResult]:
-    """Measure every layer for every backend and size, on this machine, in this one run. `on_layer_done` gets all
-    results so far after each layer (the command writes the report each time, so a failure loses nothing)."""
+              on_layer_done: Callable[[list[LayerResult], dict[str, dict]], None] = lambda results, identities: None
+              ) -> tuple[list[LayerResult], dict[str, dict]]:
+    """Measure every layer for every backend and size, on this machine, in this one run; returns the results and
+    each backend's `Predictor.identity()`. `on_layer_done` gets both after each layer (the command writes the
+    report each time, so a failure loses nothing)."""
     from tqdm import tqdm
 
     from vltseg_core.predictor import load_predictor
@@ -257,6 +259,7 @@ def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], lay
     # replay measures whole bags (warm-up + iters frames); every other layer sends warm-up + iters frames too
     total = len(backends) * len(sizes) * len(layers) * (warmup + iters)
     results: list[LayerResult] = []
+    identities: dict[str, dict] = {}
     with tqdm(total=total, desc="bench", unit="frame") as bar:
         for backend in backends:
             bar.set_postfix_str(f"loading {model} on {backend}")
@@ -265,8 +268,9 @@ def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], lay
             for layer, function in functions.items():
                 bar.set_postfix_str(f"{backend} {layer}")
                 results.extend(function(setup, sizes))
-                on_layer_done(results)
-    return results
+                identities[backend] = predictor.identity()
+                on_layer_done(results, identities)
+    return results, identities
 
 
 def _key(r: LayerResult | dict) -> tuple[str, str]:
@@ -339,9 +343,11 @@ def markdown_report(report: dict) -> str:
              f"Machine: {ident['cpu']}, {ident['cores']} cores, {ident.get('memory_gib')} GiB"
              + (f", GPU {ident['gpu']} (CUDA {ident['cuda']})" if ident.get("gpu") else "")
              + f"; torch {ident['torch']} ({ident['torch_threads']} threads), onnxruntime {ident.get('onnxruntime')}.",
-             f"Command: `{report['command']}`", "",
-             "| layer | backend | size (HxW) | median ms | p95 ms | frames/s | vs layer below | peak RSS MiB |",
-             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
+             f"Command: `{report['command']}`", ""]
+    lines += [f"- `{name}`: " + ", ".join(f"{k}={v}" for k, v in identity.items()) for name, identity in
+              report["backends"].items()]
+    lines += ["", "| layer | backend | size (HxW) | median ms | p95 ms | frames/s | vs layer below | peak RSS MiB |",
+              "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for row in report["results"]:
         ratio = row["ratio_to_below"]
         vs = "-" if ratio is None else (f"{ratio:.1%} of {row['below']} fps" if row["layer"] == "replay"
@@ -395,8 +401,8 @@ def plot_latency(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def build_report(results: list[LayerResult], model: str, device: str, precision: str, warmup: int, iters: int,
-                 command: str, target_sizes: list[str] | None = None) -> dict[str, Any]:
+def build_report(results: list[LayerResult], identities: dict[str, dict], model: str, device: str, precision: str,
+                 warmup: int, iters: int, command: str, target_sizes: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for result in results:
         row = result.summary()
@@ -404,7 +410,7 @@ def build_report(results: list[LayerResult], model: str, device: str, precision:
         rows.append(row)
     add_ratios(rows)
     return {"model": model, "device": device, "precision": precision, "warmup": warmup, "iters": iters,
-            "command": command, "machine": machine_identity(device), "results": rows,
+            "command": command, "machine": machine_identity(device), "backends": identities, "results": rows,
             "targets": evaluate_targets(rows, device, target_sizes)}
 
 

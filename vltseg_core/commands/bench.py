@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
         [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items() if value is not None])
     paths: dict[str, Path] = {}
 
-    def write(results: list[bench.LayerResult]) -> None:
-        report = bench.build_report(results, args.model, args.device, args.precision, args.warmup, args.iters,
+    def write(results: list[bench.LayerResult], identities: dict[str, dict]) -> None:
+        report = bench.build_report(results, identities, args.model, args.device, args.precision, args.warmup, args.iters,
                                     command, target_sizes)
         paths.update(bench.write_report(report, args.out))
 
