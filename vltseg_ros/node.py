@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import sys
 import threading
 import time
@@ -342,6 +343,8 @@ def camera_info_for(info: CameraInfo, header, height: int, width: int) -> Camera
 
 def main(args: list[str] | None = None) -> int:
     """`ros2 run vltseg_ros segmentation_node` / the `segmentation_node` console script."""
+    # vltseg_core reports long steps (backend choice, ONNX export, engine build) through `logging`.
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [vltseg] %(message)s")
     rclpy.init(args=args)
     node = SegmentationNode()
     try:
