@@ -113,6 +113,16 @@ def test_lifecycle_outputs_lazy_work_and_latest_frame_wins(live, onnx_model):
     assert (scaled.width, scaled.height) == (128, 96)
     assert scaled.k[0] == 100.0 and scaled.k[2] == 64.0 and scaled.p[6] == 48.0
 
+    # A bad frame in live mode is skipped and counted; the next good frame works.
+    bad = rgb_image(frame(30), 30)
+    bad.encoding = "weird42"
+    image_pub.publish(bad)
+    h.wait_for(lambda: diagnostics_values(diags, "/image").get("skipped_bad_input") == "1", 20,
+               "the node to count the bad frame")
+    good = rgb_image(frame(31), 31)
+    image_pub.publish(good)
+    h.wait_for(lambda: any(m.header == good.header for m in outputs["mask"]), 20, "the mask of the next good frame")
+
     # Deactivated: nothing comes out; activated again: it works again.
     assert h.transition(Transition.TRANSITION_DEACTIVATE)
     before = len(outputs["mask"])
@@ -138,7 +148,7 @@ def test_lifecycle_outputs_lazy_work_and_latest_frame_wins(live, onnx_model):
     v = diagnostics_values(diags, "/image")
     burst_masks = [m for m in outputs["mask"] if m.header.stamp.sec >= 1100]
     assert int(v["dropped"]) > 0 and len(burst_masks) < len(burst), v
-    assert int(v["skipped_bad_input"]) == 0
+    assert int(v["skipped_bad_input"]) == 1
     model_status = [s for s in diags[-1].status if s.name.endswith("model")][0]
     keys = {kv.key for kv in model_status.values}
     assert {"backend", "onnx_sha256", "latency_ms/decode", "latency_ms/inference", "latency_ms/publish"} <= keys
