@@ -46,17 +46,17 @@ class OnnxRuntimeBackend:
         self.device = device
         self.precision = precision
         self.onnx_sha256 = sha256_file(onnx_path)
+        providers = providers_for(device, precision, ort.get_available_providers(), onnx_path.parent)
         graph: bytes | str = str(onnx_path)
-        if precision == "fp16" and not device.startswith("cuda"):
-            # On CPU fp16 means "the fp16-converted graph" (what the FP16 check runs); on CUDA the EPs do it.
+        trt_ep = any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers)
+        if precision == "fp16" and not trt_ep:
+            # fp16 = the fp16-converted graph (what the FP16 check runs); the TensorRT EP converts by itself.
             from vltseg_core.export.fp16_check import convert_to_fp16
 
             graph = convert_to_fp16(onnx_path).SerializeToString()
         options = ort.SessionOptions()
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         options.log_severity_level = 3
-        providers = providers_for(device, precision, ort.get_available_providers(), onnx_path.parent)
         try:
             self.session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own pybind exception types for corrupt/unsupported graphs
