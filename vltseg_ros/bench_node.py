@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ class _NodeStages:
         self.node_name = node_name
         self.periods: list[tuple[int, dict[str, float]]] = []
         self.last_processed: int | None = None
+        self.messages = 0
         self.recording = False
 
     def on_message(self, msg) -> None:
@@ -53,6 +55,7 @@ class _NodeStages:
         camera = next((v for k, v in statuses.items() if k.startswith(self.node_name) and "processed" in v), None)
         if model is None or camera is None:
             return
+        self.messages += 1
         processed = int(camera["processed"])
         frames = processed - (self.last_processed if self.last_processed is not None else processed)
         self.last_processed = processed
@@ -157,6 +160,11 @@ def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerRes
                         publisher.publish(msg)
                 return received.pop(stamp) - sent
 
+            def spin_until(done: Callable[[], bool], timeout: float) -> None:
+                deadline = time.monotonic() + timeout
+                while not done() and time.monotonic() < deadline:
+                    executor.spin_once(timeout_sec=0.05)
+
             # first frame: wait for the node to configure, activate and match our topics
             send(test_frame(sizes[0]), NODE_START_TIMEOUT_S, resend_every=2.0)
             for size in sizes:
@@ -165,14 +173,16 @@ def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerRes
                 for _ in range(setup.warmup):
                     send(frame, FRAME_TIMEOUT_S)
                     setup.tick()
-                times = []
+                # diagnostics periods from the next one on hold measured frames only; wait for the one holding
+                # the last measured frame afterwards
+                seen = stages.messages
+                spin_until(lambda: stages.messages > seen, 3 * DIAGNOSTICS_PERIOD_S)
                 stages.start()
+                times = []
                 for _ in range(setup.iters):
                     times.append(send(frame, FRAME_TIMEOUT_S))
                     setup.tick()
-                deadline = time.monotonic() + 2 * DIAGNOSTICS_PERIOD_S  # the period holding the last frames
-                while stages.frames() < setup.iters and time.monotonic() < deadline:
-                    executor.spin_once(timeout_sec=0.05)
+                spin_until(lambda: stages.frames() >= setup.iters, 3 * DIAGNOSTICS_PERIOD_S)
                 results.append(LayerResult("node", setup.backend, size, times, len(times) / sum(times),
                                            read_peak_rss_mib(node_proc.proc.pid),
                                            details={"peak_rss_of": "segmentation node process",
