@@ -129,7 +129,8 @@ def build_serialized_engine(onnx_path: Path, spec: EngineSpec, timing_cache: Pat
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    config.progress_monitor = ProgressLog()
+    monitor = ProgressLog()  # keep a Python reference alive for the whole build
+    config.progress_monitor = monitor
     log.info("building TensorRT %s engine for %s (%s); this takes minutes for large models",
              spec.precision, onnx_path.name, p.describe())
     serialized = builder.build_serialized_network(network, config)
