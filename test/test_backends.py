@@ -80,6 +80,13 @@ def test_onnxruntime_fp16_on_cpu(fixed_onnx, frames):
     assert agreement(fp32, predictor(fp16_backend).predict(frames[0])) > 0.99
 
 
+@pytest.mark.parametrize("precision, min_agreement", [("fp16", 0.99), ("bf16", 0.98)])
+def test_torch_half_precisions(model, precision, min_agreement):
+    batch = np.random.default_rng(0).integers(0, 256, (1, 3, *SIZE), dtype=np.uint8)
+    ref, out = TorchBackend(model).infer(batch), TorchBackend(model, precision=precision).infer(batch)
+    assert out.dtype == np.float32 and float((ref.argmax(1) == out.argmax(1)).mean()) > min_agreement
+
+
 def test_batches_of_uint8_and_float32_agree(fixed_onnx, model):
     batch = np.random.default_rng(0).integers(0, 256, (2, 3, *SIZE), dtype=np.uint8)
     ort = OnnxRuntimeBackend(fixed_onnx)
