@@ -85,6 +85,8 @@ def test_engine_matches_onnxruntime_and_is_cached(tiny_onnx, precision, min_agre
     batch = np.random.default_rng(0).integers(0, 256, (1, 3, 96, 200), dtype=np.uint8)
     ref, got = ort_backend.infer(batch), trt_backend.infer(batch)
     assert float((ref.argmax(1) == got.argmax(1)).mean()) >= min_agreement
+    pair = np.concatenate([batch, batch[:, :, ::-1].copy()])  # more images than the profile's batch of 1
+    np.testing.assert_allclose(trt_backend.infer(pair)[:1], got, atol=1e-5)
     with pytest.raises(VLTSegError, match="outside the engine's profile"):
         trt_backend.infer(np.zeros((1, 3, 512, 512), np.uint8))
     predictor = load_predictor(str(engine), device="cuda")

@@ -83,6 +83,9 @@ class TensorRTBackend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
         batch = check_batch(batch, self.input_size, f"backend tensorrt ({self.engine_path.name})")
+        step = self.profile.max[0]
+        if batch.shape[0] > step:  # more images than the profile's batch: run in chunks the engine takes
+            return np.concatenate([self.infer(batch[i:i + step]) for i in range(0, batch.shape[0], step)])
         if not self.profile.contains(batch.shape):
             raise VLTSegError(f"input {'x'.join(map(str, batch.shape))} is outside the engine's profile "
                               f"({self.profile.describe()}; expected a shape inside it, or rebuild with other sizes)")
