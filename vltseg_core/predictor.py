@@ -99,8 +99,8 @@ class Predictor:
 
     def identity(self) -> dict:
         s = self.settings
-        return {**self.backend.identity(), "selection": self.selection, "mode": s.mode, "size": s.size, "crop_size": s.crop_size, "stride": s.stride,
-                "class_table": self.class_table.name}
+        return {**self.backend.identity(), "selection": self.selection, "mode": s.mode, "size": s.size,
+                "crop_size": s.crop_size, "stride": s.stride, "class_table": self.class_table.name}
 
     # -- public API ---------------------------------------------------------------------------------------
     def predict(self, rgb: np.ndarray) -> Prediction:
@@ -180,7 +180,8 @@ class Predictor:
         else:
             pad_h = pad_w = 0
         H, W = batch.shape[2:]
-        windows = [(y, x) for y in window_starts(H, crop[0], s.stride[0]) for x in window_starts(W, crop[1], s.stride[1])]
+        ys, xs = window_starts(H, crop[0], s.stride[0]), window_starts(W, crop[1], s.stride[1])
+        windows = [(y, x) for y in ys for x in xs]
         crops = [(k, y, x) for k in range(n) for (y, x) in windows]
         timings["preprocess"] += time.perf_counter() - t0
         total = count = None

@@ -76,7 +76,8 @@ class OnnxRuntimeBackend:
         batch = check_batch(batch, self.input_size, f"backend onnxruntime ({self.onnx_path.name})")
         if self.fixed_batch == 1 and batch.shape[0] > 1:  # fixed-size exports take one image at a time
             return np.concatenate([self.infer(batch[i:i + 1]) for i in range(batch.shape[0])])
-        return self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})[0].astype(np.float32, copy=False)
+        probs = self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        return probs.astype(np.float32, copy=False)
 
     def identity(self) -> dict:
         import onnxruntime as ort

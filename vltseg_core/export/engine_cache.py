@@ -210,5 +210,6 @@ def verify_engine_file(engine: Path) -> dict:
                           "JSON written by `vltseg export trt`; without it the engine cannot be checked, rebuild it)")
     if sha256_file(engine) != manifest.get("engine_sha256"):
         raise VLTSegError(f"TensorRT engine {engine} is corrupt or was replaced: its sha256 does not match "
-                          f"{manifest_path(engine).name} (expected an untouched engine; rebuild with `vltseg export trt`)")
+                          f"{manifest_path(engine).name} (expected an untouched engine; rebuild with "
+                          "`vltseg export trt`)")
     return manifest

@@ -108,7 +108,8 @@ def check_fp16(onnx_path: Path, frames: list[np.ndarray], labels: list[np.ndarra
     return report
 
 
-def load_frames(kind: str, root: Path, split: str | None, count: int) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+def load_frames(kind: str, root: Path, split: str | None,
+                count: int) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """`count` evenly spaced real frames + trainId labels of a dataset (native layout) and its evaluated ids."""
     from vltseg_core.data.datasets import build_dataset
 

@@ -119,7 +119,8 @@ def graph_metadata(path: Path) -> dict:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise VLTSegError(f"{path} is not a readable ONNX file ({type(exc).__name__}; expected an exported graph)") from exc
+        raise VLTSegError(f"{path} is not a readable ONNX file ({type(exc).__name__}; "
+                          "expected an exported graph)") from exc
     props = {p.key: p.value for p in proto.metadata_props}
     return {"preset": json.loads(props.get("vltseg.preset", "{}")),
             "class_table": props.get("vltseg.class_table", "cityscapes"),

@@ -22,7 +22,8 @@ PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("I
 DEFAULT_WORKSPACE_MIB = 4096
 
 
-def builder_flags(precision: str, workspace_mib: int = DEFAULT_WORKSPACE_MIB, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+def builder_flags(precision: str, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+                  extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The builder settings that change the engine, as stable strings for the cache key."""
     if precision not in PRECISION_FLAGS:
         raise VLTSegError(f"unknown TensorRT precision '{precision}' (expected one of {', '.join(PRECISION_FLAGS)})")
@@ -58,14 +59,18 @@ def current_gpu(device: str = "cuda") -> tuple[str, str]:
 
 def default_engine_path(onnx_path: Path, spec: EngineSpec) -> Path:
     """One engine slot per ONNX file, precision and GPU model; other changes rebuild the slot (logged)."""
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", spec.gpu_name).strip("-").lower()
-    return onnx_path.with_name(f"{onnx_path.stem}.{spec.precision}.{gpu}-sm{spec.compute_capability.replace('.', '')}.engine")
+    return onnx_path.with_name(f"{onnx_path.stem}.{spec.precision}.{_gpu_tag(spec)}.engine")
 
 
 def timing_cache_path(engine: Path, spec: EngineSpec) -> Path:
     """Timing caches are valid per TensorRT version and GPU; shared by all engines in the folder."""
+    return engine.with_name(f"timing-trt{spec.tensorrt_version}-{_gpu_tag(spec)}.cache")
+
+
+def _gpu_tag(spec: EngineSpec) -> str:
+    """'NVIDIA Jetson AGX Orin', '8.7' -> 'nvidia-jetson-agx-orin-sm87'."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", spec.gpu_name).strip("-").lower()
-    return engine.with_name(f"timing-trt{spec.tensorrt_version}-{gpu}-sm{spec.compute_capability.replace('.', '')}.cache")
+    return f"{gpu}-sm{spec.compute_capability.replace('.', '')}"
 
 
 def onnx_input(onnx_path: Path) -> tuple[str, list]:
@@ -82,7 +87,8 @@ def onnx_input(onnx_path: Path) -> tuple[str, list]:
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise VLTSegError(f"{onnx_path} has {len(inputs)} inputs (expected one image input)")
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in inputs[0].type.tensor_type.shape.dim]
+    shape = inputs[0].type.tensor_type.shape.dim
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape]
     return inputs[0].name, dims
 
 
@@ -103,8 +109,9 @@ def build_serialized_engine(onnx_path: Path, spec: EngineSpec, timing_cache: Pat
                 log.info("TensorRT build: %s (%d steps)", phase_name, num_steps)
 
         def step_complete(self, phase_name, step):
-            if phase_name in self.steps and self.steps[phase_name] >= 10 and step % max(1, self.steps[phase_name] // 10) == 0:
-                log.info("TensorRT build: %s %d/%d", phase_name, step + 1, self.steps[phase_name])
+            total = self.steps.get(phase_name, 0)
+            if total >= 10 and step % (total // 10) == 0:  # about ten lines per long phase
+                log.info("TensorRT build: %s %d/%d", phase_name, step + 1, total)
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name):
