@@ -364,6 +364,15 @@ def markdown_report(report: dict) -> str:
                   "| backend | size | " + " | ".join(stages) + " |", "| --- | --- |" + " ---: |" * len(stages)]
         lines += [f"| {row['backend']} | {row['size']} | " + " | ".join(
             _fmt(row["details"]["node_stage_mean_ms"].get(stage)) for stage in stages) + " |" for row in node_rows]
+    replay_rows = [row for row in report["results"] if row["details"].get("stage_median_ms")]
+    if replay_rows:
+        stages = ("decode", "preprocess", "inference", "postprocess", "write", "total")
+        lines += ["", "Inside replay (medians per frame, ms, from its report; wall = 1000 / throughput, so wall - total "
+                  "is reading the bag and the loop itself):", "",
+                  "| backend | size | " + " | ".join(stages) + " | wall |", "| --- | --- |" + " ---: |" * (len(stages) + 1)]
+        lines += [f"| {row['backend']} | {row['size']} | " + " | ".join(
+            _fmt(row["details"]["stage_median_ms"].get(stage)) for stage in stages)
+            + f" | {1e3 / row['frames_per_s']:.1f} |" for row in replay_rows]
     if report["targets"]:
         lines += ["", "| target | backend | size | result | figures |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {t['target']} | {t['backend']} | {t['size']} | {'met' if t['met'] else '**missed**'} | "
