@@ -1,6 +1,7 @@
 """`vltseg export onnx` on the tiny preset: dynamic export, ORT-vs-PyTorch parity, FP16 check on real CamVid
 frames, deployment outputs, and loud failures (parity broken, FP16 overflow, bad arguments)."""
 import json
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,7 @@ def test_cli_dynamic_export_with_parity_and_fp16_check(tmp_path, camvid_root):
     assert all(p["argmax_agreement"] > 0.999 and p["max_abs_diff"] < 1e-3 for p in result["parity"])
     fp16 = result["fp16"]
     assert fp16["frames"] == 2 and fp16["nonfinite"] == 0 and fp16["argmax_agreement"] > 0.99
+    assert fp16["storage_nonfinite"] == 0 and fp16["storage_agreement"] > 0.99
     assert fp16["miou_fp32"] is not None and abs(fp16["miou_delta"]) < 0.01
     dims = onnx.load(str(out), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # N, 3, H, W
@@ -56,10 +58,8 @@ def test_deploy_outputs_and_parity_failure(tmp_path):
         check_parity(other, path, [(96, 128)])
 
 
-class Overflowing(torch.nn.Module):
-    """Weights far beyond what float16 holds (|w| up to ~1e5 > 65504): the fp16 graph saturates them and the
-    argmax is lost. (ONNX Runtime on CPU runs ops without fp16 kernels in fp32, so weight/constant overflow is
-    what this CPU check sees reliably; see docs/inference.md.)"""
+class HugeWeights(torch.nn.Module):
+    """Weights beyond float16's 65504 (|w| up to ~1e5): the fp16-converted graph saturates them."""
 
     num_classes = 19
 
@@ -74,11 +74,33 @@ class Overflowing(torch.nn.Module):
         return (self.conv(images / 255.0) * 1e-4).softmax(1)
 
 
-def test_fp16_check_catches_overflow(tmp_path):
-    path = export_onnx(Overflowing(), tmp_path / "overflow.onnx", (64, 64))
+class OverflowingNorm(HugeWeights):
+    """A hand-rolled channel norm whose squared deviations (~1e6) exceed float16's range: the LayerNorm failure
+    mode. ONNX Runtime's CPU provider runs this chain in fp32 even in the converted graph; the fp16-storage
+    emulation (fp16_storage_graph) is what catches it."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            order = torch.randperm(57, generator=torch.Generator().manual_seed(0))
+            self.conv.weight.copy_(torch.linspace(-5, 5, 57)[order].view(19, 3, 1, 1))
+
+    def forward(self, images):
+        d = self.conv(images)
+        d = d - d.mean(1, keepdim=True)
+        return (d / torch.sqrt((d * d).mean(1, keepdim=True) + 1e-5)).softmax(1)
+
+
+@pytest.mark.parametrize("module, caught_by", [
+    (HugeWeights, r"argmax agreement [0-8]?\d\.\d+%"),  # the converted graph disagrees
+    (OverflowingNorm, r"between layers [0-8]?\d\.\d+%"),  # only the fp16-storage emulation does
+])
+def test_fp16_check_catches_overflow(tmp_path, module, caught_by):
+    path = export_onnx(module(), tmp_path / "overflow.onnx", (64, 64))
     frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    with pytest.raises(VLTSegError, match="FP16 check failed .* argmax agreement"):
+    with pytest.raises(VLTSegError, match="FP16 check failed") as info:
         check_fp16(path, [frame])
+    assert re.search(caught_by, str(info.value)), str(info.value)
 
 
 @pytest.mark.parametrize("args, message", [

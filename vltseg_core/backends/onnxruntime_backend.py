@@ -35,7 +35,10 @@ def providers_for(device: str, precision: str, available: list[str], cache_dir: 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, onnx_path: Path, device: str = "cpu", precision: str = "fp32", graph: bytes | None = None,
+                 optimize: bool = True):
+        """`graph`: an in-memory variant of `onnx_path`'s graph to run instead (the FP16 checks use this);
+        `optimize=False` keeps the graph exactly as written (no fusions, no cast elimination)."""
         import onnxruntime as ort
 
         if not onnx_path.is_file():
@@ -47,7 +50,7 @@ class OnnxRuntimeBackend:
         self.precision = precision
         self.onnx_sha256 = sha256_file(onnx_path)
         providers = providers_for(device, precision, ort.get_available_providers(), onnx_path.parent)
-        graph: bytes | str = str(onnx_path)
+        graph = graph or str(onnx_path)
         trt_ep = any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers)
         if precision == "fp16" and not trt_ep:
             # fp16 = the fp16-converted graph (what the FP16 check runs); the TensorRT EP converts by itself.
@@ -57,6 +60,8 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         options.log_severity_level = 3
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             self.session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own pybind exception types for corrupt/unsupported graphs
