@@ -10,7 +10,9 @@ import importlib
 import json
 import os
 import platform
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +32,11 @@ LAYERS: dict[str, str] = {
     "node": "vltseg_ros.bench_node:bench_node",
     "replay": "vltseg_ros.bench_node:bench_replay",
 }
+# Layers that run inference in this process run it on one worker thread, as the node does (its inference worker):
+# torch's OpenMP team on the main thread spin-waits, which on a CPU shared with other busy processes made the same
+# predict 3.5x slower than on a worker thread (docs/benchmarks.md), and would be mistaken for a layer's overhead.
+# The node layer stays on the main thread: it only publishes and waits (rclpy), inference is in the node process.
+MAIN_THREAD_LAYERS = {"node"}
 NODE_OVERHEAD_REL, NODE_OVERHEAD_ABS_MS = 0.05, 3.0  # node may add max(5 %, 3 ms) over the predictor
 REPLAY_MIN_RATIO = 0.95  # replay reaches at least 95 % of the predictor's throughput
 
@@ -244,6 +251,33 @@ def layer_function(layer: str) -> Callable[[BenchSetup, list[tuple[int, int]]], 
     return getattr(module, func_name)
 
 
+class _Worker:
+    """One long-lived daemon thread running jobs one at a time (daemon: Ctrl-C does not wait for it)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=self._loop, name="bench-worker", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, args, box, done = self.jobs.get()
+            try:
+                box["value"] = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                box["error"] = exc
+            done.set()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self.jobs.put((fn, args, box, done))
+        while not done.wait(0.1):  # short waits keep the main thread responsive to Ctrl-C
+            pass
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
 def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], layers: list[str], device: str = "cpu",
               precision: str = "fp32", warmup: int = 3, iters: int = 20,
               on_layer_done: Callable[[list[LayerResult], dict[str, dict]], None] = lambda results, identities: None
@@ -260,6 +294,7 @@ def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], lay
     total = len(backends) * len(sizes) * len(layers) * (warmup + iters)
     results: list[LayerResult] = []
     identities: dict[str, dict] = {}
+    worker = _Worker()
     with tqdm(total=total, desc="bench", unit="frame") as bar:
         for backend in backends:
             bar.set_postfix_str(f"loading {model} on {backend}")
@@ -267,7 +302,10 @@ def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], lay
             setup = BenchSetup(model, backend, device, precision, warmup, iters, predictor, lambda: bar.update(1))
             for layer, function in functions.items():
                 bar.set_postfix_str(f"{backend} {layer}")
-                results.extend(function(setup, sizes))
+                if layer in MAIN_THREAD_LAYERS:
+                    results.extend(function(setup, sizes))
+                else:
+                    results.extend(worker.run(function, setup, sizes))
                 identities[backend] = predictor.identity()
                 on_layer_done(results, identities)
     return results, identities
