@@ -31,7 +31,7 @@ class ClassTable:
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         """HxW class ids -> HxWx3 rgb8."""
-        return self.palette()[labels]
+        return np.take(self.palette(), labels, axis=0)
 
 
 def load_class_table(name_or_path: str | Path = "cityscapes") -> ClassTable:
