@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--no-light", action="store_true", help="do not also time each preset with the light head")
     args = parser.parse_args()
     images = torch.rand(1, 3, *args.size) * 255
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, input 1x3x{args.size[0]}x{args.size[1]}, median of {args.runs}, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print("| preset | head | params (M) | backbone+neck wall / CPU (s) | head + inference wall / CPU (s) | forward wall (s) |")
