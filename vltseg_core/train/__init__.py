@@ -1,0 +1,1 @@
+"""Training: losses, Hungarian matcher, optimiser recipe, frozen-backbone feature cache, DDP trainer."""

@@ -1,0 +1,442 @@
+"""Iteration-based training from an experiment config (configs/experiments/*.yaml).
+
+One process per device; under `torchrun` the processes form a DDP group through env:// (gloo on CPU, nccl on GPU)
+and each takes its share of the global batch through a DistributedSampler. Checkpoints hold everything needed for
+an exact resume: model, optimizer, scheduler, iteration, RNG states; the sampler position follows from the
+iteration because batches are drawn from a per-epoch deterministic order (and augmentations are seeded by
+(seed, epoch, index) in the dataset), so a resumed run continues with the very batches the straight run sees.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from vltseg_core.errors import VLTSegError
+from vltseg_core.train.feature_cache import FeatureCache, build_feature_cache, pad_label
+from vltseg_core.train.losses import build_loss
+from vltseg_core.train.optim import OPTIMIZER_DEFAULTS, build_optimizer, build_scheduler, clip_gradients
+
+EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiments"
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "iterations": 20000, "batch_size": 8, "precision": "fp32", "seed": 0, "freeze_backbone": False,
+    "feature_cache": False, "checkpoint_interval": 1000, "eval_interval": 0, "log_interval": 10,
+}
+TOP_KEYS = {"name", "description", "model", "num_classes", "backbone_weights", "data", "train", "optimizer",
+            "schedule", "loss", "paper"}
+
+
+# ------------------------------------------------------------------------------------------------ configuration
+
+def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """An experiment by name (configs/experiments/NAME.yaml) or path, with `key.sub=value` overrides (YAML values)."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = EXPERIMENT_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+        raise VLTSegError(f"experiment config '{name_or_path}' not found (looked for {path}); known: {known}")
+    cfg = yaml.safe_load(path.read_text())
+    if not isinstance(cfg, dict):
+        raise VLTSegError(f"experiment config {path} is not a YAML mapping")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise VLTSegError(f"override '{item}' is not KEY.SUB=VALUE (e.g. train.iterations=100)")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise VLTSegError(f"override '{item}': '{part}' is not a section of {path}")
+        node[leaf] = yaml.safe_load(value)
+    unknown = sorted(set(cfg) - TOP_KEYS)
+    if unknown:
+        raise VLTSegError(f"unknown top-level key(s) {unknown} in {path} (expected some of {sorted(TOP_KEYS)})")
+    for key in ("model", "data"):
+        if key not in cfg:
+            raise VLTSegError(f"experiment config {path} lacks '{key}'")
+    if "train" not in cfg["data"]:
+        raise VLTSegError(f"experiment config {path} lacks data.train (expected {{kind, root, split}})")
+    bad = sorted(set(cfg.get("train", {})) - set(TRAIN_DEFAULTS))
+    if bad:
+        raise VLTSegError(f"unknown train option(s) {bad} in {path} (expected some of {sorted(TRAIN_DEFAULTS)})")
+    cfg["train"] = {**TRAIN_DEFAULTS, **cfg.get("train", {})}
+    if cfg["train"]["precision"] not in ("fp32", "bf16"):
+        raise VLTSegError(f"train.precision '{cfg['train']['precision']}' in {path} (expected fp32 or bf16)")
+    if cfg["train"]["feature_cache"] and not cfg["train"]["freeze_backbone"]:
+        raise VLTSegError(f"train.feature_cache needs train.freeze_backbone: true ({path})")
+    cfg["schedule"] = {**cfg.get("schedule", {}), "iterations": cfg["train"]["iterations"]}
+    cfg.setdefault("name", path.stem)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ distributed
+
+class Dist:
+    """This process's place in the (possibly single-process) DDP group started by torchrun."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------ model + data
+
+def build_training_model(cfg: dict[str, Any]) -> nn.Module:
+    """The preset with its initial backbone weights (`backbone_weights`: 'demo', a checkpoint path, or none)."""
+    from vltseg_core.models import build_model
+
+    model = build_model(cfg["model"], cfg.get("num_classes"))
+    weights = cfg.get("backbone_weights")
+    if weights == "demo":
+        from vltseg_core.demo_backbone import load_demo_backbone_state
+
+        model.backbone.vit.load_state_dict(load_demo_backbone_state())
+    elif weights:
+        from vltseg_core.checkpoint import load_backbone_weights
+
+        load_backbone_weights(model, weights)
+    if cfg["train"]["freeze_backbone"]:
+        model.backbone.requires_grad_(False)
+    return model
+
+
+class TrainStep(nn.Module):
+    """Model + loss as one module, so DDP sees the whole training computation in `forward`."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, from_features: bool):
+        super().__init__()
+        self.model, self.loss, self.from_features = model, loss, from_features
+
+    def forward(self, inputs: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.from_features:
+            outputs = self.model.forward_head(self.model.neck(inputs))
+        else:
+            outputs = self.model.forward_train(inputs)
+        return self.loss(outputs, labels)
+
+    def train(self, mode: bool = True) -> "TrainStep":
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.model.backbone.parameters()):
+            self.model.backbone.eval()  # frozen: keep dropout / drop-path off
+        return self
+
+
+def _collate_images(divisor: int):
+    def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes = {s.image.shape for s in samples}
+        if len(sizes) > 1:
+            raise VLTSegError(f"training samples of different sizes {sorted(sizes)} in one batch "
+                              "(expected a transform with a fixed crop_size)")
+        images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float()
+        labels = torch.from_numpy(np.stack([s.label for s in samples])).long()
+        return images, pad_label(labels, divisor)
+    return collate
+
+
+def _collate_features(items: list) -> tuple[list[torch.Tensor], torch.Tensor]:
+    feats = [torch.stack([it[0][i] for it in items]) for i in range(len(items[0][0]))]
+    return feats, torch.stack([it[1] for it in items])
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+
+class Trainer:
+    def __init__(self, cfg: dict[str, Any], work_dir: str | Path, resume: bool = False):
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.dist = Dist()
+        tcfg = cfg["train"]
+        self.iterations = int(tcfg["iterations"])
+        if tcfg["batch_size"] % self.dist.world:
+            raise VLTSegError(f"train.batch_size {tcfg['batch_size']} is not divisible by the {self.dist.world} "
+                              "processes (expected a multiple of --nproc_per_node x nodes)")
+        self.batch_per_rank = tcfg["batch_size"] // self.dist.world
+        self.seed = int(tcfg["seed"])
+        torch.manual_seed(self.seed + self.dist.rank)
+        np.random.seed(self.seed + self.dist.rank)
+        random.seed(self.seed + self.dist.rank)
+
+        self.model = build_training_model(cfg).to(self.dist.device)
+        head_type = self.model.preset["head"]["type"]
+        loss = build_loss(head_type, self.model.num_classes, cfg.get("loss")).to(self.dist.device)
+        self.dataset = self._train_data()
+        self.step_module = TrainStep(self.model, loss, from_features=bool(tcfg["feature_cache"]))
+        # find_unused_parameters: timm keeps e.g. the final norm, which multi-block features never use
+        self.ddp = (nn.parallel.DistributedDataParallel(
+            self.step_module, device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None,
+            find_unused_parameters=True) if self.dist.world > 1 else self.step_module)
+        self.optimizer = build_optimizer(self.model, cfg.get("optimizer"))
+        self.scheduler = build_scheduler(self.optimizer, cfg.get("schedule"))
+        self.grad_clip = {**OPTIMIZER_DEFAULTS, **(cfg.get("optimizer") or {})}["grad_clip"]
+        self.iteration = 0
+        self.history: list[float] = []  # this process's loss at each iteration of this run
+        self.iters_per_epoch = len(self.dataset) // tcfg["batch_size"]
+        if self.iters_per_epoch == 0:
+            raise VLTSegError(f"the training set has {len(self.dataset)} samples, fewer than one batch of "
+                              f"{tcfg['batch_size']} (train.batch_size)")
+        self.val = self._val_data() if tcfg["eval_interval"] else None
+        if resume:
+            self.load(self.latest_checkpoint())
+
+    # data ----------------------------------------------------------------------------------------------------
+    def _build_dataset(self, spec: dict, transform=None):
+        from vltseg_core.data.datasets import build_dataset
+
+        return build_dataset(spec["kind"], spec["root"], spec.get("split"), transform=transform, seed=self.seed)
+
+    def _train_data(self):
+        data = self.cfg["data"]
+        if self.cfg["train"]["feature_cache"]:
+            return self._cached(data["train"], "train", flips=bool(data.get("cache_flips", True)))
+        from vltseg_core.data.transforms import TrainTransform
+
+        return self._build_dataset(data["train"], TrainTransform.from_config(data.get("transform", {})))
+
+    def _cached(self, spec: dict, split: str, flips: bool) -> FeatureCache:
+        folder = self.work_dir / "feature_cache" / split
+        if self.dist.main:
+            build_feature_cache(self.model, self._build_dataset(spec), folder, flips=flips,
+                                desc=f"caching backbone features ({split})")
+        self.dist.barrier()
+        return FeatureCache(folder)
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of `epoch`: a DistributedSampler order seeded by (seed, epoch), cut into batches."""
+        sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=self.dist.world,
+                                                      rank=self.dist.rank, shuffle=True, seed=self.seed,
+                                                      drop_last=True)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        n = self.batch_per_rank
+        return [order[i:i + n] for i in range(0, self.iters_per_epoch * n, n)]
+
+    def _loader(self, epoch: int, skip: int) -> torch.utils.data.DataLoader:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        workers = int(self.cfg["data"].get("workers", 0))
+        collate = _collate_features if isinstance(self.dataset, FeatureCache) else _collate_images(self.model.size_divisor)
+        # own generator: creating a loader must not consume the global RNG (exact resume)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self._epoch_batches(epoch)[skip:],
+                                           num_workers=workers, collate_fn=collate,
+                                           generator=torch.Generator().manual_seed(self.seed + epoch),
+                                           persistent_workers=False)
+
+    # checkpoints ---------------------------------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path:
+        pointer = self.work_dir / "checkpoints" / "latest.txt"
+        if not pointer.is_file():
+            raise VLTSegError(f"--resume: no checkpoint in {self.work_dir / 'checkpoints'} (expected latest.txt "
+                              "written by an earlier run with the same --work-dir)")
+        return pointer.parent / pointer.read_text().strip()
+
+    def save(self) -> Path:
+        """Full training state of this run (rank 0 writes; every rank's RNG state is kept under its rank)."""
+        rng = [None] * self.dist.world
+        if self.dist.world > 1:
+            dist.all_gather_object(rng, _rng_state())
+        else:
+            rng = [_rng_state()]
+        folder = self.work_dir / "checkpoints"
+        path = folder / f"iter_{self.iteration:07d}.pth"
+        if self.dist.main:
+            folder.mkdir(parents=True, exist_ok=True)
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "iteration": self.iteration, "rng": rng,
+                     "config": json.dumps(self.cfg)}
+            torch.save(state, path.with_suffix(".part"))
+            os.replace(path.with_suffix(".part"), path)
+            (folder / "latest.txt").write_text(path.name + "\n")
+        self.dist.barrier()
+        return path
+
+    def load(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.dist.device, weights_only=True)
+        saved = json.loads(state["config"])
+        if saved.get("model") != self.cfg.get("model") or saved["train"]["batch_size"] != self.cfg["train"]["batch_size"]:
+            raise VLTSegError(f"{path} was written for model {saved.get('model')} / batch {saved['train']['batch_size']}"
+                              f" (expected {self.cfg.get('model')} / {self.cfg['train']['batch_size']}); "
+                              "use a new --work-dir for a different experiment")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        rng = state["rng"]
+        if len(rng) != self.dist.world:
+            raise VLTSegError(f"{path} was written by {len(rng)} processes, this run has {self.dist.world} "
+                              "(resume with the same number of processes)")
+        _set_rng_state(rng[self.dist.rank])
+
+    # training ------------------------------------------------------------------------------------------------
+    def train_step(self, inputs, labels) -> dict[str, float]:
+        if isinstance(inputs, list):
+            inputs = [x.to(self.dist.device, non_blocking=True) for x in inputs]
+        else:
+            inputs = inputs.to(self.dist.device, non_blocking=True)
+        labels = labels.to(self.dist.device, non_blocking=True)
+        bf16 = self.cfg["train"]["precision"] == "bf16"
+        autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        with autocast:
+            losses = self.ddp(inputs, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = clip_gradients(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
+        return out
+
+    def run(self) -> dict[str, Any]:
+        """Train up to the configured iteration count; returns the last logged losses (and val mIoU)."""
+        tcfg = self.cfg["train"]
+        writer = None
+        if self.dist.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+            writer = SummaryWriter(str(self.work_dir / "tensorboard"))
+        bar = tqdm(total=self.iterations, initial=self.iteration, desc=f"train {self.cfg['name']}",
+                   unit="it", dynamic_ncols=True, disable=not self.dist.main)
+        self.ddp.train()
+        last: dict[str, Any] = {}
+        while self.iteration < self.iterations:
+            epoch, skip = divmod(self.iteration, self.iters_per_epoch)
+            for inputs, labels in self._loader(epoch, skip):
+                losses = self.train_step(inputs, labels)
+                self.history.append(losses["loss"])
+                if not math.isfinite(losses["loss"]):
+                    raise VLTSegError(f"loss became {losses['loss']} at iteration {self.iteration} "
+                                      "(lower optimizer.lr or use precision fp32)")
+                bar.update(1)
+                if self.iteration % tcfg["log_interval"] == 0 or self.iteration == self.iterations:
+                    last = {k: self.dist.mean(v) for k, v in losses.items()}
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                    if writer:
+                        for k, v in last.items():
+                            writer.add_scalar(f"train/{k}", v, self.iteration)
+                        for group in self.optimizer.param_groups:
+                            writer.add_scalar(f"lr/{group['name']}", group["lr"], self.iteration)
+                if tcfg["eval_interval"] and (self.iteration % tcfg["eval_interval"] == 0
+                                              or self.iteration == self.iterations):
+                    last["val_miou"] = self.validate()
+                    if writer:
+                        writer.add_scalar("val/mIoU", last["val_miou"], self.iteration)
+                    bar.write(f"iteration {self.iteration}: val mIoU {last['val_miou']:.2f}")
+                    self.ddp.train()
+                if self.iteration % tcfg["checkpoint_interval"] == 0 or self.iteration == self.iterations:
+                    self.save()
+                if self.iteration >= self.iterations:
+                    break
+        bar.close()
+        if writer:
+            writer.close()
+        if self.dist.main:
+            from vltseg_core.checkpoint import save_checkpoint
+
+            final = save_checkpoint(self.model, self.work_dir / "final.safetensors", experiment=self.cfg["name"],
+                                    iteration=self.iteration, metrics=last)
+            bar.write(f"final model: {final}")
+        return last
+
+    def _val_data(self):
+        spec = self.cfg["data"].get("val")
+        if spec is None:
+            raise VLTSegError("train.eval_interval is set but the experiment has no data.val ({kind, root, split})")
+        cache = self._cached(spec, "val", flips=False) if self.cfg["train"]["feature_cache"] else None
+        return self._build_dataset(spec), cache
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """mIoU (%) over data.val's class_ids, whole images, no TTA; computed on rank 0 and shared."""
+        from vltseg_core.evaluation import ConfusionMatrix
+
+        miou = torch.zeros(1, dtype=torch.float64, device=self.dist.device)
+        if self.dist.main:
+            self.model.eval()
+            dataset, cache = self.val
+            cm = ConfusionMatrix(self.model.num_classes)
+            for i in range(len(dataset)):
+                sample = dataset.load(i)
+                h, w = sample.label.shape
+                if cache is not None:
+                    feats, padded_label = cache[i]
+                    outputs = self.model.forward_head(self.model.neck([f[None].to(self.dist.device) for f in feats]))
+                    probs = self.model.head.semantic_probs(outputs, tuple(padded_label.shape))[..., :h, :w]
+                else:
+                    probs = self.model(torch.from_numpy(sample.image).permute(2, 0, 1)[None].float().to(self.dist.device))
+                cm.update(probs[0].argmax(0).cpu().numpy().astype(np.uint8), sample.label)
+            miou[0] = 100.0 * cm.miou(dataset.class_ids)
+        if self.dist.world > 1:
+            dist.broadcast(miou, src=0)
+        return float(miou[0])
+
+
+def train(config: str | Path, work_dir: str | Path, resume: bool = False, overrides: list[str] | None = None
+          ) -> dict[str, Any]:
+    cfg = load_experiment(config, overrides)
+    trainer = Trainer(copy.deepcopy(cfg), work_dir, resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        trainer.dist.close()
