@@ -40,7 +40,7 @@ ANSWER_GRACE = 2.0  # seconds to wait for the last answers once the node reports
 class DemoOptions:
     bag: Path | None = None  # None: the prepared demo bag (vltseg setup)
     out: Path = Path("outputs/demo")
-    model: str = "tiny-test"
+    model: str = "demo"
     backend: str = "auto"
     device: str = "cpu"
     seconds: float = 8.0  # clip length, from `start` seconds into the bag
