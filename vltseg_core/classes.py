@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from vltseg_core.config_files import config_path
 from vltseg_core.errors import VLTSegError
 
-CLASS_TABLE_DIR = Path(__file__).parent / "configs" / "classes"
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,7 @@ class ClassTable:
 
 def load_class_table(name_or_path: str | Path = "cityscapes") -> ClassTable:
     """A class table by name (a file in configs/classes/) or by path to a YAML of the same schema."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CLASS_TABLE_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CLASS_TABLE_DIR.glob("*.yaml"))
-        raise VLTSegError(f"class table '{name_or_path}' not found (looked for {path}); known tables: {known}")
+    path = config_path(name_or_path, "classes", "class table")
     data = yaml.safe_load(path.read_text())
     try:
         entries = sorted(data["classes"], key=lambda c: c["id"])

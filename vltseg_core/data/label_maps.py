@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from vltseg_core.config_files import config_path
 from vltseg_core.errors import VLTSegError
 
-LABEL_MAP_DIR = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 IGNORE = 255
 
 
@@ -49,12 +49,7 @@ def _parse_ids(spec: str) -> list[int]:
 @lru_cache(maxsize=None)
 def load_label_map(name_or_path: str) -> LabelMap:
     """A label map by name (a file in configs/datasets/) or by path to a YAML of the same schema."""
-    path = Path(name_or_path)
-    if path.suffix != ".yaml":
-        path = LABEL_MAP_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in LABEL_MAP_DIR.glob("*.yaml"))
-        raise VLTSegError(f"label map '{name_or_path}' not found (looked for {path}); known maps: {known}")
+    path = config_path(name_or_path, "datasets", "label map")
     data = yaml.safe_load(path.read_text())
     try:
         valid_ids = _parse_ids(data["valid_ids"])

@@ -7,23 +7,19 @@ from typing import Any
 
 import yaml
 
+from vltseg_core.config_files import config_path, known_configs
 from vltseg_core.errors import VLTSegError
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
 REQUIRED_KEYS = ("backbone", "head", "input")
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return known_configs("models")
 
 
 def load_preset(name_or_path: str | Path) -> dict[str, Any]:
     """A preset by name (configs/models/NAME.yaml) or by path to a YAML of the same schema."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise VLTSegError(f"model preset '{name_or_path}' not found (looked for {path}); known presets: {list_presets()}")
+    path = config_path(name_or_path, "models", "model preset")
     preset = yaml.safe_load(path.read_text())
     if not isinstance(preset, dict):
         raise VLTSegError(f"model preset {path} is not a YAML mapping (expected keys {list(REQUIRED_KEYS)})")

@@ -24,12 +24,12 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from vltseg_core.config_files import config_path
 from vltseg_core.errors import VLTSegError
 from vltseg_core.train.feature_cache import FeatureCache, build_feature_cache, pad_label
 from vltseg_core.train.losses import build_loss
 from vltseg_core.train.optim import OPTIMIZER_DEFAULTS, build_optimizer, build_scheduler, clip_gradients
 
-EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 TRAIN_DEFAULTS: dict[str, Any] = {
     "iterations": 20000, "batch_size": 8, "precision": "fp32", "seed": 0, "freeze_backbone": False,
     "feature_cache": False, "checkpoint_interval": 1000, "eval_interval": 0, "log_interval": 10,
@@ -42,12 +42,7 @@ TOP_KEYS = {"name", "description", "model", "num_classes", "backbone_weights", "
 
 def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """An experiment by name (configs/experiments/NAME.yaml) or path, with `key.sub=value` overrides (YAML values)."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = EXPERIMENT_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
-        raise VLTSegError(f"experiment config '{name_or_path}' not found (looked for {path}); known: {known}")
+    path = config_path(name_or_path, "experiments", "experiment config")
     cfg = yaml.safe_load(path.read_text())
     if not isinstance(cfg, dict):
         raise VLTSegError(f"experiment config {path} is not a YAML mapping")
