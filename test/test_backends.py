@@ -141,3 +141,19 @@ def test_load_predictor_exports_a_cached_graph_for_onnxruntime(tmp_path, monkeyp
     assert len(cached) == 1 and pred.backend.input_size is None
     result = pred.predict(frames[0][:150, :210])
     assert result.labels.shape == (150, 210)
+    torch.manual_seed(0)
+    assert load_predictor("tiny-test", backend="onnxruntime").backend.onnx_path == cached[0]  # same weights: reused
+
+
+def test_cached_graph_is_keyed_by_the_model_code(tmp_path, monkeypatch):
+    """A release that changes the model code (or torch) must not run a graph exported by an older one."""
+    from vltseg_core.export import onnx_export
+    from vltseg_core.models import build_model
+
+    monkeypatch.setenv("VLTSEG_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    model = build_model("tiny-test").eval()
+    first = onnx_export.cached_onnx(model, "tiny-test")
+    monkeypatch.setattr(onnx_export, "graph_code_digest", lambda: "code of another release")
+    second = onnx_export.cached_onnx(model, "tiny-test")
+    assert second != first and first.is_file() and second.is_file()

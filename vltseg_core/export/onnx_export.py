@@ -168,13 +168,24 @@ def module_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def graph_code_digest() -> str:
+    """sha256 over what turns weights into a graph: the model and exporter sources and the torch version."""
+    here = Path(__file__).resolve()
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in sorted(here.parents[1].glob("models/*.py")) + [here]:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def cached_onnx(model: torch.nn.Module, model_id: str) -> Path:
-    """A dynamic-size export of `model` in the asset cache (reused while the weights are unchanged)."""
+    """A dynamic-size export of `model` in the asset cache (reused while the weights, the model code and torch are
+    unchanged: a new release never runs a graph exported by an older one)."""
     from filelock import FileLock
 
     from vltseg_core.assets import cache_dir
 
-    path = cache_dir() / "onnx" / f"{module_digest(model)[:16]}.onnx"
+    key = hashlib.sha256((module_digest(model) + graph_code_digest()).encode()).hexdigest()
+    path = cache_dir() / "onnx" / f"{key[:16]}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.is_file():

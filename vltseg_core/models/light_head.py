@@ -34,4 +34,11 @@ class LightHead(nn.Module):
     def semantic_probs(outputs: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Raw outputs -> (N, C, *size) per-pixel class probabilities."""
         logits = F.interpolate(outputs["seg_logits"], size=size, mode="bilinear", align_corners=False)
-        return logits.softmax(dim=1)
+        return channel_softmax(logits)
+
+
+def channel_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 1 spelled out: ONNX Runtime's CPU Softmax on a non-last axis transposes the full-resolution
+    tensor (51 ms vs 7 ms at 19x384x480, docs/benchmarks.md); torch pays about 1 ms more than `softmax(dim=1)`."""
+    e = (logits - logits.amax(dim=1, keepdim=True)).exp()
+    return e / e.sum(dim=1, keepdim=True)
