@@ -60,6 +60,9 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
         options.log_severity_level = 3
+        # ORT's pool threads otherwise spin after each run and take the cores from the resize/argmax that follows
+        # (tiny-test at 512x1024 on 2 cores: postprocess 31 -> 14 ms, docs/benchmarks.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
