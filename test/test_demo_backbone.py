@@ -55,3 +55,15 @@ def test_preparer_is_idempotent(onnx_file):
     mtime = first.stat().st_mtime_ns
     assert demo_backbone.prepare_demo_backbone() == first
     assert first.stat().st_mtime_ns == mtime
+
+
+def test_first_conversion_writes_the_weights(onnx_file, tmp_path, monkeypatch):
+    """What `vltseg setup` does on a new machine: convert the ONNX and save it (not just reuse a cached file)."""
+    from safetensors.torch import load_file
+
+    cached = demo_backbone.load_demo_backbone_state()
+    monkeypatch.setattr(demo_backbone, "weights_path", lambda: tmp_path / "demo" / "converted.safetensors")
+    written = demo_backbone.prepare_demo_backbone()
+    assert written == tmp_path / "demo" / "converted.safetensors"
+    fresh = load_file(str(written))
+    assert fresh.keys() == cached.keys() and all(torch.equal(fresh[k], cached[k]) for k in cached)
