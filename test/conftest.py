@@ -12,7 +12,7 @@ os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CAMVID_ROOT = (REPO_ROOT.parent / "shared" / "data" / "camvid").resolve()
+CAMVID_ROOT = Path(os.environ.get("VLTSEG_CAMVID") or REPO_ROOT.parent / "shared" / "data" / "camvid").resolve()
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
-    """The real CamVid train/val frames (../shared/data/camvid beside the checkout)."""
+    """The real CamVid train/val frames ($VLTSEG_CAMVID, default ../shared/data/camvid beside the checkout)."""
     if not (CAMVID_ROOT / "train.txt").is_file():
         pytest.skip(f"real CamVid data not found at {CAMVID_ROOT}")
     return CAMVID_ROOT
