@@ -1,5 +1,8 @@
 """Image / CompressedImage -> RGB for every encoding the node accepts, row padding, and the malformed frames the
 node must skip (each one raises one VLTSegError line)."""
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from vltseg_core.errors import VLTSegError
+from vltseg_ros import image_conversions
 from vltseg_ros.image_conversions import array_to_image, compressed_to_rgb, image_to_rgb
 
 MAX = 4096 * 4096
@@ -112,8 +116,25 @@ def test_undecodable_compressed_frames_raise(data):
         compressed_to_rgb(msg, MAX)
 
 
-def test_huge_compressed_frame_is_rejected_after_decoding():
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height (signature, IHDR, a token IDAT, IEND): decoding it would need the pixels."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("case", ["real png over a small limit", "header of a 100000x100000 png"])
+def test_huge_compressed_frame_is_rejected_from_its_header_before_decoding(case, monkeypatch):
+    def no_decoding(*args, **kwargs):
+        pytest.fail("the frame was decoded before its size was checked")
+    monkeypatch.setattr(image_conversions, "_BRIDGE", None)
+    monkeypatch.setattr(image_conversions, "compressed_image_to_cvimage", no_decoding)
     msg = CompressedImage(format="png")
-    msg.data = cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes()
-    with pytest.raises(VLTSegError, match="max_image_pixels=1000"):
-        compressed_to_rgb(msg, 1000)
+    if case.startswith("real"):
+        msg.data, limit, words = cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes(), 1000, "64x64"
+    else:
+        msg.data, limit, words = png_header(100_000, 100_000), MAX, "more than max_image_pixels"
+    with pytest.raises(VLTSegError, match=words) as info:
+        compressed_to_rgb(msg, limit, where="/cam/image/compressed")
+    assert f"max_image_pixels={limit}" in str(info.value) and "\n" not in str(info.value)

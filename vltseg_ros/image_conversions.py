@@ -6,10 +6,13 @@ first, so malformed frames fail the same way: one VLTSegError line that says wha
 """
 from __future__ import annotations
 
+import io
+import warnings
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import PIL.Image
 from rosbags.image import ImageError, compressed_image_to_cvimage, image_to_cvimage
 from rosbags.image.image import convert_color, to_cvtype
 from sensor_msgs.msg import CompressedImage, Image
@@ -74,10 +77,29 @@ def image_to_rgb(msg: Image, max_pixels: int, where: str = "image") -> np.ndarra
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
+def _check_header_size(data: bytes, max_pixels: int, where: str) -> None:
+    """Reject an oversized jpeg/png from its header, before decoding allocates the pixels. PIL's open reads only
+    the header; what it cannot read is left to the decoder (and checked again after decoding)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # our limit decides, not PIL's
+            with PIL.Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except PIL.Image.DecompressionBombError as exc:  # > 2 x PIL's MAX_IMAGE_PIXELS: over ours unless ours is higher
+        if max_pixels <= 2 * (PIL.Image.MAX_IMAGE_PIXELS or 0):
+            raise VLTSegError(f"image on {where} has more than max_image_pixels={max_pixels} pixels "
+                              f"({_one_line(exc)})") from None
+        return
+    except (OSError, ValueError):  # PIL.UnidentifiedImageError is an OSError
+        return
+    _check_size(width, height, max_pixels, where)
+
+
 def compressed_to_rgb(msg: CompressedImage, max_pixels: int, where: str = "image/compressed") -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg / png, colour or grey) -> HxWx3 uint8 RGB."""
     if len(msg.data) == 0:
         raise VLTSegError(f"empty CompressedImage on {where} (format '{msg.format}'; expected jpeg or png bytes)")
+    _check_header_size(bytes(msg.data), max_pixels, where)
     try:
         if _BRIDGE is not None:
             img = _BRIDGE.compressed_imgmsg_to_cv2(msg, desired_encoding="passthrough")
