@@ -10,7 +10,13 @@ import pytest
 import torch
 import yaml
 
+from vltseg_core.config_files import known_configs
+from vltseg_core.data.datasets import DATASETS
+from vltseg_core.data.transforms import TrainTransform
 from vltseg_core.errors import VLTSegError
+from vltseg_core.models import load_preset
+from vltseg_core.train.losses import build_loss
+from vltseg_core.train.optim import build_optimizer, build_scheduler
 from vltseg_core.train.trainer import Trainer, load_experiment
 
 FRAMES = 4
@@ -117,3 +123,16 @@ def test_two_process_ddp_step(tmp_path, camvid_mini):
     assert state["iteration"] == 2
     assert len(state["rng"]) == 2  # one RNG state per rank, for an exact multi-process resume
     assert (tmp_path / "ddp" / "final.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", known_configs("experiments"))
+def test_every_shipped_experiment_is_a_valid_config(name):
+    """Each paper experiment is a config file; every section of it is one the trainer accepts."""
+    cfg = load_experiment(name)
+    preset = load_preset(cfg["model"])
+    for role in ("train", "val"):
+        if role in cfg["data"]:
+            assert cfg["data"][role]["kind"] in DATASETS
+    TrainTransform.from_config(cfg["data"].get("transform", {}))
+    build_loss(preset["head"]["type"], 19, cfg.get("loss"))
+    build_scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg.get("optimizer")), cfg["schedule"])
