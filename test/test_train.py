@@ -1,5 +1,6 @@
 """Training on real CamVid frames with the tiny preset: the loss goes down, a resumed run is bit-identical to a
 straight one, the feature-cache path works, and two processes train together through torchrun (gloo)."""
+import json
 import os
 import shutil
 import subprocess
@@ -11,10 +12,12 @@ import torch
 import yaml
 
 from vltseg_core.config_files import known_configs
-from vltseg_core.data.datasets import DATASETS
+from vltseg_core.data.datasets import DATASETS, build_dataset
 from vltseg_core.data.transforms import TrainTransform
 from vltseg_core.errors import VLTSegError
+from vltseg_core.evaluation import evaluate_dataset
 from vltseg_core.models import load_preset
+from vltseg_core.predictor import load_predictor
 from vltseg_core.train.losses import build_loss
 from vltseg_core.train.optim import build_optimizer, build_scheduler
 from vltseg_core.train.trainer import Trainer, load_experiment
@@ -116,13 +119,18 @@ def test_two_process_ddp_step(tmp_path, camvid_mini):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "vltseg_core.cli", "train", str(cfg_path), "--work-dir", str(tmp_path / "ddp"),
-           "--set", "train.iterations=2", "--set", "train.batch_size=4"]
+           "--set", "train.iterations=2", "--set", "train.batch_size=4", "--set", "train.eval_interval=2",
+           "--set", "data.val={kind: camvid, root: %s, split: mini}" % camvid_mini]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "iter_0000002.pth", weights_only=True)
     assert state["iteration"] == 2
     assert len(state["rng"]) == 2  # one RNG state per rank, for an exact multi-process resume
-    assert (tmp_path / "ddp" / "final.safetensors").is_file()
+    final = tmp_path / "ddp" / "final.safetensors"
+    # validation was split across the two ranks and summed: it equals `vltseg eval` of the final weights
+    val_miou = json.loads(final.with_suffix(".json").read_text())["metrics"]["val_miou"]
+    report = evaluate_dataset(load_predictor(str(final)), build_dataset("camvid", camvid_mini, "mini"))
+    assert val_miou == pytest.approx(100.0 * report.confusion.miou(report.class_ids), abs=1e-6)
 
 
 @pytest.mark.parametrize("name", known_configs("experiments"))

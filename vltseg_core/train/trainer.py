@@ -403,28 +403,42 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """mIoU (%) over data.val's class_ids, whole images, no TTA; computed on rank 0 and shared."""
+        """mIoU (%) over data.val's class_ids, no TTA, with the preset's own test settings (whole or slide), so it
+        is the figure `vltseg eval` gives for the same weights. Each rank takes every world-th image and the
+        confusion matrices are summed, so all ranks do a share of the work and return the same value."""
         from vltseg_core.evaluation import ConfusionMatrix
 
-        miou = torch.zeros(1, dtype=torch.float64, device=self.dist.device)
-        if self.dist.main:
-            self.model.eval()
-            dataset, cache = self.val
-            cm = ConfusionMatrix(self.model.num_classes)
-            for i in range(len(dataset)):
-                sample = dataset.load(i)
+        self.model.eval()
+        dataset, cache = self.val
+        predictor = None if cache is not None else self._val_predictor()
+        cm = ConfusionMatrix(self.model.num_classes)
+        indices = range(self.dist.rank, len(dataset), self.dist.world)
+        for i in tqdm(indices, desc="val", unit="img", leave=False, dynamic_ncols=True, disable=not self.dist.main):
+            sample = dataset.load(i)
+            if cache is None:
+                pred = predictor.predict(sample.image).labels
+            else:
                 h, w = sample.label.shape
-                if cache is not None:
-                    feats, padded_label = cache[i]
-                    outputs = self.model.forward_head(self.model.neck([f[None].to(self.dist.device) for f in feats]))
-                    probs = self.model.head.semantic_probs(outputs, tuple(padded_label.shape))[..., :h, :w]
-                else:
-                    probs = self.model(torch.from_numpy(sample.image).permute(2, 0, 1)[None].float().to(self.dist.device))
-                cm.update(probs[0].argmax(0).cpu().numpy().astype(np.uint8), sample.label)
-            miou[0] = 100.0 * cm.miou(dataset.class_ids)
+                feats, padded_label = cache[i]
+                outputs = self.model.forward_head(self.model.neck([f[None].to(self.dist.device) for f in feats]))
+                probs = self.model.head.semantic_probs(outputs, tuple(padded_label.shape))[..., :h, :w]
+                pred = probs[0].argmax(0).cpu().numpy().astype(np.uint8)
+            cm.update(pred, sample.label)
         if self.dist.world > 1:
-            dist.broadcast(miou, src=0)
-        return float(miou[0])
+            mat = torch.from_numpy(cm.mat).to(self.dist.device)
+            dist.all_reduce(mat)
+            cm.mat = mat.cpu().numpy()
+        return 100.0 * cm.miou(dataset.class_ids)
+
+    def _val_predictor(self):
+        """The product's predictor around the model being trained (same resizing, sliding windows, argmax)."""
+        from vltseg_core.backends.torch_backend import TorchBackend
+        from vltseg_core.classes import load_class_table
+        from vltseg_core.predictor import InferenceSettings, Predictor
+
+        precision = "bf16" if self.cfg["train"]["precision"] == "bf16" else "fp32"
+        backend = TorchBackend(self.model, device=str(self.dist.device), precision=precision, model_id="training")
+        return Predictor(backend, load_class_table(self.model.class_table), InferenceSettings.from_preset(self.model.preset))
 
 
 def train(config: str | Path, work_dir: str | Path, resume: bool = False, overrides: list[str] | None = None
