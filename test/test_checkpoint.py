@@ -66,6 +66,28 @@ def test_bad_checkpoint_files(tmp_path, tiny_checkpoint):
         save_checkpoint(build_model("tiny-test"), tmp_path / "model.pt")
 
 
+@pytest.mark.parametrize("key", ["num_classes", "preset"])
+def test_sidecar_missing_a_key_is_one_clear_error(tmp_path, tiny_checkpoint, key):
+    _, path = tiny_checkpoint
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    meta = json.loads(path.with_suffix(".json").read_text())
+    del meta[key]
+    copy.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(VLTSegError, match=rf"copy.json has (no preset|num_classes None) \(expected ") as info:
+        load_checkpoint(copy)
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_safetensors_backbone_weights_are_one_clear_error(tmp_path, tiny_checkpoint):
+    _, path = tiny_checkpoint
+    corrupt = tmp_path / "backbone.safetensors"
+    corrupt.write_bytes(path.read_bytes()[:1000])  # truncated
+    backbone = ViTBackbone("eva02-tiny", [0], timm_kwargs={"embed_dim": 32, "depth": 1, "num_heads": 2})
+    with pytest.raises(VLTSegError, match="backbone.safetensors is not a readable safetensors file"):
+        load_backbone_weights(backbone, corrupt)
+
+
 def test_pickled_objects_are_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"visual.pos_embed": NotATensor()}, evil)

@@ -59,12 +59,18 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise VLTSegError(f"checkpoint {path} has no sidecar {side.name} (expected the JSON written by save_checkpoint)")
     try:
         meta = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise VLTSegError(f"checkpoint sidecar {side} is not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT or "preset" not in meta:
-        raise VLTSegError(f"{side} is not a VLTSeg checkpoint sidecar (expected format '{FORMAT}' with a preset)")
-    if int(meta.get("version", 0)) > VERSION:
-        raise VLTSegError(f"checkpoint {path} has format version {meta['version']}; this vltseg reads up to {VERSION}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise VLTSegError(f"{side} is not a VLTSeg checkpoint sidecar (expected a JSON object with format '{FORMAT}')")
+    if not isinstance(meta.get("version", 0), int) or meta.get("version", 0) > VERSION:
+        raise VLTSegError(f"checkpoint {path} has format version {meta['version']} (expected an int up to {VERSION}, "
+                          f"what this vltseg reads)")
+    if not isinstance(meta.get("preset"), dict):
+        raise VLTSegError(f"checkpoint sidecar {side} has no preset (expected the model preset as a JSON object)")
+    num_classes = meta.get("num_classes")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise VLTSegError(f"checkpoint sidecar {side} has num_classes {num_classes!r} (expected a positive int)")
     return meta
 
 
@@ -77,15 +83,25 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None):
     meta = read_checkpoint_meta(path)
     source = f"checkpoint {path} (preset '{meta['preset'].get('name')}')"
     if model is None:
-        model = build_model(meta["preset"], num_classes=int(meta["num_classes"]))
+        model = build_model(meta["preset"], num_classes=meta["num_classes"])
     else:
         source += f" loaded into preset '{model.preset.get('name')}'"
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for truncated / foreign files
-        raise VLTSegError(f"checkpoint {path} is not a readable safetensors file ({exc})") from exc
-    load_state_dict_checked(model, state, source)
+    load_state_dict_checked(model, read_safetensors(path), source)
     return model.eval()
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file; a truncated or foreign file is one clear error line."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated / foreign files
+        raise VLTSegError(f"{path} is not a readable safetensors file ({exc})") from exc
+
+
+def is_torchscript(path: Path) -> bool:
+    """A zip archive written by torch.jit.save (it holds constants.pkl) rather than by torch.save."""
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") for n in zf.namelist())
 
 
 def load_state_dict_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -109,8 +125,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise VLTSegError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+        return read_safetensors(path)
+    if zipfile.is_zipfile(path) and is_torchscript(path):
         return {k: v for k, v in torch.jit.load(str(path), map_location="cpu").state_dict().items()}
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -211,9 +211,12 @@ def load_module(model: str) -> tuple[torch.nn.Module, str]:
 
         return load_demo_model(), "demo"
     path = Path(model)
-    if path.suffix:  # a file: our checkpoint format
+    if path.suffix and path.suffix not in (".yaml", ".yml"):  # a file: our checkpoint format (a YAML is a preset)
         if not path.is_file():
             raise VLTSegError(f"model file not found: {path} (expected a checkpoint, .onnx or .engine file)")
+        if path.suffix != ".safetensors":
+            raise VLTSegError(f"model file {path} is not a checkpoint (expected a .safetensors checkpoint with its "
+                              f".json sidecar, a preset name or .yaml, an .onnx or engine file)")
         from vltseg_core.checkpoint import load_checkpoint
 
         from vltseg_core.assets import sha256_file

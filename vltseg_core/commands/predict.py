@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise VLTSegError(f"--alpha {args.alpha} (expected a value in 0..1)")
-    images = collect_images(args.inputs)  # fail fast on missing inputs, before the model loads
+    images = collect_images(args.inputs)  # fail fast on missing inputs and an unusable --out, before the model loads
+    args.out.mkdir(parents=True, exist_ok=True)
     predictor = load_predictor(args.model, backend=args.backend, device=args.device, precision=args.precision,
                                mode=args.mode)
     identity = predictor.identity()
@@ -71,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
         overlay = (rgb * (1 - args.alpha) + colour * args.alpha).round().astype(np.uint8)
         target = args.out / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(target) + "_labels.png", prediction.labels)
-        cv2.imwrite(str(target) + "_overlay.png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        write_png(Path(str(target) + "_labels.png"), prediction.labels)
+        write_png(Path(str(target) + "_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
     return 0
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """cv2.imwrite, which reports a failed write only by returning False."""
+    if not cv2.imwrite(str(path), image):
+        raise VLTSegError(f"cannot write {path} (expected a writable --out folder with free space)")
