@@ -72,11 +72,16 @@ class _NodeStages:
         return sum(n for n, _ in self.periods)
 
     def means_ms(self) -> dict[str, float]:
+        """Frame-weighted mean of each stage over the periods that report it (a period without a stage, or with
+        a non-finite value, counts neither in the sum nor in the weight)."""
         self.recording = False
-        total = self.frames()
-        keys = {key for _, values in self.periods for key in values}
-        return {key: sum(n * values[key] for n, values in self.periods if np.isfinite(values.get(key, np.nan)))
-                / total for key in sorted(keys)} if total else {}
+        means = {}
+        for key in sorted({key for _, values in self.periods for key in values}):
+            found = [(n, values[key]) for n, values in self.periods if np.isfinite(values.get(key, np.nan))]
+            weight = sum(n for n, _ in found)
+            if weight:
+                means[key] = sum(n * v for n, v in found) / weight
+        return means
 
 
 class _NodeProcess:
