@@ -63,6 +63,19 @@ def test_short_real_training_lowers_the_loss(tmp_path, camvid_mini):
     assert any((tmp_path / "run" / "tensorboard").iterdir())
 
 
+def test_bf16_training_runs_in_bfloat16(tmp_path, camvid_mini):
+    cfg = load_experiment(_config(tmp_path, camvid_mini, precision="bf16", iterations=2, checkpoint_interval=2))
+    trainer = Trainer(cfg, tmp_path / "bf16")
+    seen = []
+    hook = trainer.model.head.register_forward_hook(lambda m, i, o: seen.append(
+        next(v for v in (o.values() if isinstance(o, dict) else [o]) if torch.is_tensor(v)).dtype))
+    trainer.run()
+    hook.remove()
+    assert torch.bfloat16 in seen  # autocast really ran the head in bf16
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+    assert all(torch.isfinite(torch.tensor(trainer.history)))
+
+
 def test_resume_is_exact(tmp_path, camvid_mini):
     cfg_path = _config(tmp_path, camvid_mini)
     straight = Trainer(load_experiment(cfg_path), tmp_path / "straight")
