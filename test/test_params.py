@@ -8,7 +8,7 @@ import rclpy
 import yaml
 from rcl_interfaces.msg import ParameterType
 
-from vltseg_ros.params import OUTPUT_PARAMS, PARAMS
+from vltseg_ros.params import OUTPUT_PARAMS, PARAMS, descriptor
 
 
 def yaml_params(repo_root):
@@ -17,10 +17,19 @@ def yaml_params(repo_root):
 
 
 def readme_rows(repo_root):
+    """name -> (default, read-only, (low, high) or None) from rows like "| `x` | `4` | yes (1 to 64) |"."""
     text = (repo_root / "README.md").read_text()
     section = re.search(r"<!-- ros-params:begin -->(.*)<!-- ros-params:end -->", text, re.S).group(1)
-    rows = re.findall(r"^\| `([a-z_]+)` \| `([^`]*)` \| (no|yes[^|]*) \|", section, re.M)
-    return {name: (json.loads(default), change.startswith("no")) for name, default, change in rows}
+    rows = re.findall(r"^\| `([a-z_]+)` \| `([^`]*)` \| (no|yes)(?: \(([-+.\de]+) to ([-+.\de]+)\))? \|",
+                      section, re.M)
+    return {name: (json.loads(default), change == "no", (float(low), float(high)) if low else None)
+            for name, default, change, low, high in rows}
+
+
+def declared_range(spec) -> tuple[float, float] | None:
+    desc = descriptor(spec)
+    ranges = desc.integer_range or desc.floating_point_range
+    return (float(ranges[0].from_value), float(ranges[0].to_value)) if ranges else None
 
 
 def test_yaml_sets_exactly_the_declared_parameters_with_their_defaults(repo_root):
@@ -28,7 +37,7 @@ def test_yaml_sets_exactly_the_declared_parameters_with_their_defaults(repo_root
 
 
 def test_readme_table_documents_every_parameter(repo_root):
-    expected = {spec.name: (spec.default, spec.read_only) for spec in PARAMS + OUTPUT_PARAMS}
+    expected = {spec.name: (spec.default, spec.read_only, declared_range(spec)) for spec in PARAMS + OUTPUT_PARAMS}
     assert readme_rows(repo_root) == expected
 
 
