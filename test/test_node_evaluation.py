@@ -124,10 +124,21 @@ def test_compressed_jpeg_png_and_undecodable_frames(nodes):
                "diagnostics counting the 2 undecodable frames")
 
 
-def test_autostart_with_a_bad_model_exits_with_one_clear_line(tmp_path):
+@pytest.mark.parametrize("case", ["missing model", "camera name no topic can have", "bad QoS override"])
+def test_autostart_that_cannot_work_exits_with_one_clear_line(case, tmp_path):
+    """A VLTSegError (missing model), an error from rclpy in configure (after the model loaded) and one in activate
+    (an invalid qos_overrides parameter): each is one ERROR line naming the cause, exit code 2, no traceback."""
+    params, words = {
+        "missing model": ({"model": str(tmp_path / "missing.onnx")},
+                          ["configure failed: model file not found", "missing.onnx"]),
+        "camera name no topic can have": ({"cameras": ["bad name!"]}, ["configure failed: RCLError", "topic name"]),
+        "bad QoS override": ({"qos_overrides./image.subscription.reliability": "bogus"},
+                             ["activate failed: RuntimeError", "reliability", "bogus"]),
+    }[case]
     log = tmp_path / "node.log"
-    proc = start_node(log, name="seg_bad_model", model=str(tmp_path / "missing.onnx"), autostart=True)
-    assert proc.wait(timeout=120) == 2
+    params = {"model": str(tiny_onnx()), "backend": "onnxruntime", **params}
+    proc = start_node(log, name="seg_bad_config", autostart=True, **params)
+    assert proc.wait(timeout=120) == 2, log.read_text()
     errors = [line for line in log.read_text().splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "configure failed: model file not found" in errors[0] and "missing.onnx" in errors[0]
+    assert len(errors) == 1 and all(w in errors[0] for w in words), log.read_text()
     assert "Traceback" not in log.read_text()

@@ -1,5 +1,6 @@
 """The node's declared parameters, config/segmentation_node.yaml and the README table must agree (names,
-defaults, read-only flags), and a real node must declare them with those descriptors."""
+defaults, read-only flags, ranges), and a real node must declare them with those descriptors; QoS override
+parameters apply to their own camera only."""
 import json
 import re
 
@@ -74,3 +75,31 @@ def test_runtime_changes_are_checked(node):
     assert not node.set_parameters([Parameter("max_batch_size", value="four")])[0].successful  # wrong type
     assert node.set_parameters([Parameter("overlay_alpha", value=0.25)])[0].successful
     assert node.get_parameter("overlay_alpha").value == 0.25
+
+
+def test_qos_overrides_apply_to_their_own_camera_only():
+    """rclpy writes overrides into the profile it is given: a shared default profile would pass camera a's
+    reliable override on to camera b (and to the next activation)."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from rclpy.qos import ReliabilityPolicy
+    from ros_helpers import tiny_onnx
+
+    from vltseg_ros.node import LIVE_INPUT, SegmentationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [Parameter("model", value=str(tiny_onnx())), Parameter("backend", value="onnxruntime"),
+                 Parameter("cameras", value=["a", "b"]),
+                 Parameter("qos_overrides./a/image.subscription.reliability", value="reliable")]
+    node = SegmentationNode(context=context, parameter_overrides=overrides)
+    try:
+        for _ in range(2):  # configured and activated again: the same
+            assert node.trigger_configure() == node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            reliability = {cam.name: cam.subscriptions[0].qos_profile.reliability for cam in node._cameras}
+            assert reliability == {"a": ReliabilityPolicy.RELIABLE, "b": ReliabilityPolicy.BEST_EFFORT}
+            assert node.trigger_deactivate() == node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert LIVE_INPUT.reliability == ReliabilityPolicy.BEST_EFFORT
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

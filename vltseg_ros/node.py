@@ -93,8 +93,8 @@ class SegmentationNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._configure()
-        except VLTSegError as exc:
-            self.get_logger().error(f"configure failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - rclpy would swallow it without a word
+            self.get_logger().error(f"configure failed: {_reason(exc)}")
             self._release()
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
@@ -155,18 +155,12 @@ class SegmentationNode(LifecycleNode):
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        live = self._param("mode") == "live"
-        input_qos = LIVE_INPUT if live else EVALUATION_INPUT
-        for cam in self._cameras:
-            msg_type = Image if self._param("transport") == "raw" else CompressedImage
-            # qos_overrides.<topic>.subscription.* parameters can change the mode's default (e.g. reliable live
-            # input for large frames between processes, docs/ros.md).
-            cam.subscriptions.append(self.create_subscription(
-                msg_type, cam.input_topic, self._on_image(cam), input_qos,
-                qos_overriding_options=QoSOverridingOptions.with_default_policies()))
-            if self._param("use_camera_info"):
-                cam.subscriptions.append(self.create_subscription(
-                    CameraInfo, cam.topic("camera_info"), self._on_camera_info(cam), LIVE_INPUT if live else 10))
+        try:
+            self._subscribe()
+        except Exception as exc:  # noqa: BLE001 - e.g. a bad qos_overrides parameter; rclpy would say nothing
+            self.get_logger().error(f"activate failed: {_reason(exc)}")
+            self._stop_processing()
+            return TransitionCallbackReturn.FAILURE
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="segmentation-worker", daemon=True)
         self._worker.start()
@@ -174,6 +168,21 @@ class SegmentationNode(LifecycleNode):
         self.get_logger().info(f"active: {len(self._cameras)} camera(s), {self._param('mode')} mode, "
                                f"{self._param('transport')} transport")
         return TransitionCallbackReturn.SUCCESS
+
+    def _subscribe(self) -> None:
+        live = self._param("mode") == "live"
+        msg_type = Image if self._param("transport") == "raw" else CompressedImage
+        for cam in self._cameras:
+            # qos_overrides.<topic>.subscription.* parameters can change the mode's default (e.g. reliable live
+            # input for large frames between processes, docs/ros.md). rclpy writes the overrides into the profile
+            # it is given, so each subscription gets its own copy (else one camera's override leaks to the next).
+            cam.subscriptions.append(self.create_subscription(
+                msg_type, cam.input_topic, self._on_image(cam), copy.copy(LIVE_INPUT if live else EVALUATION_INPUT),
+                qos_overriding_options=QoSOverridingOptions.with_default_policies()))
+            if self._param("use_camera_info"):
+                cam.subscriptions.append(self.create_subscription(
+                    CameraInfo, cam.topic("camera_info"), self._on_camera_info(cam),
+                    copy.copy(LIVE_INPUT) if live else 10))
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
@@ -184,6 +193,13 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised (rclpy logs nothing): free everything and go back to unconfigured."""
+        self.get_logger().error(f"transition from '{state.label}' raised; model released, node unconfigured")
         self._stop_processing()
         self._release()
         return TransitionCallbackReturn.SUCCESS
@@ -324,6 +340,12 @@ class SegmentationNode(LifecycleNode):
                                                    self.get_clock().now().to_msg()))
 
 
+def _reason(exc: Exception) -> str:
+    """One line: a VLTSegError already says what was wrong; anything else also names its type."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, VLTSegError) else f"{type(exc).__name__}: {text}"
+
+
 def camera_info_for(info: CameraInfo, header, height: int, width: int) -> CameraInfo:
     """The camera's intrinsics with the input header, scaled when they were given for another image size."""
     out = copy.deepcopy(info)
@@ -349,9 +371,10 @@ def main(args: list[str] | None = None) -> int:
     node = SegmentationNode()
     try:
         if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 2
-            node.trigger_activate()
+            for transition, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
+                if trigger() != TransitionCallbackReturn.SUCCESS:  # the transition logged why
+                    node.get_logger().info(f"autostart: {transition} did not succeed; exiting with code 2")
+                    return 2
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
