@@ -34,9 +34,10 @@ def raw_image(rgb: np.ndarray, stamp: int, frame_id: str, encoding: str = "bgr8"
                                       encoding=encoding, is_bigendian=0, step=rows.shape[1], data=rows.ravel())
 
 
-def label_msg(labels: np.ndarray, stamp: int, frame_id: str):
+def label_msg(labels: np.ndarray, stamp: int, frame_id: str, truncated: bool = False):
+    data = labels.ravel()[: labels.size // 2 if truncated else labels.size]
     return T["sensor_msgs/msg/Image"](header=header(stamp, frame_id), height=labels.shape[0], width=labels.shape[1],
-                                      encoding="mono8", is_bigendian=0, step=labels.shape[1], data=labels.ravel())
+                                      encoding="mono8", is_bigendian=0, step=labels.shape[1], data=data)
 
 
 def frames(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -51,7 +52,7 @@ def stamp_of(i: int, camera: int) -> int:
 
 
 def write_bag(path: Path, storage: str, n: int = 3, bad_encoding: set[int] = frozenset(),
-              labels: dict[int, np.ndarray] | None = None) -> Path:
+              labels: dict[int, np.ndarray] | None = None, truncated_labels: set[int] = frozenset()) -> Path:
     """Two cameras (padded bgr8 Image + jpeg CompressedImage), a non-image topic, optional label topic."""
     with Writer(path, version=9, storage_plugin=STORAGES[storage]) as writer:
         front = writer.add_connection(FRONT, "sensor_msgs/msg/Image", typestore=TYPESTORE)
@@ -69,7 +70,7 @@ def write_bag(path: Path, storage: str, n: int = 3, bad_encoding: set[int] = fro
                                                                         "std_msgs/msg/String"))
             if labels is not None and i in labels:
                 writer.write(label_conn, stamp_of(i, 0) + 7, TYPESTORE.serialize_cdr(
-                    label_msg(labels[i], stamp_of(i, 0), "front"), "sensor_msgs/msg/Image"))
+                    label_msg(labels[i], stamp_of(i, 0), "front", i in truncated_labels), "sensor_msgs/msg/Image"))
     return path
 
 
@@ -162,6 +163,86 @@ def test_replay_labels_topic_own_predictions_score_100(tmp_path, predictor):
     eval_json = json.loads((tmp_path / "out" / "eval.json").read_text())  # the `vltseg eval` report writers
     assert eval_json["targets"][0]["miou"] == 100.0
     assert cv2.imread(str(tmp_path / "out" / "eval_iou.png")) is not None
+
+
+def test_replay_truncated_label_image_is_counted_against_its_frame(tmp_path, predictor):
+    bag = write_bag(tmp_path / "in", "sqlite3", labels=own_labels(predictor), truncated_labels={1})
+    report = replay(bag, predictor, tmp_path / "out", topics=[FRONT], labels="/front/labels")
+    assert report["frames"]["processed"] == 3 and report["labels"]["miou"] == 100.0
+    matching = report["labels"]["label_matching"]
+    assert matching.pop("evaluated") == 2
+    (reason, count), = matching.items()
+    assert count == 1 and reason.startswith("label image on /front/labels is truncated: 1120 bytes for 40 rows")
+
+
+def test_replay_undeserialisable_label_message_is_one_clear_line(tmp_path, capsys):
+    bag = write_bag(tmp_path / "in", "mcap", n=1, labels={})
+    with Writer(tmp_path / "bad", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        with Reader(bag) as reader:
+            conns = {c.topic: writer.add_connection(c.topic, c.msgtype, typestore=TYPESTORE)
+                     for c in reader.connections}
+            for conn, timestamp, data in reader.messages(connections=reader.connections):
+                writer.write(conns[conn.topic], timestamp, data)
+        writer.write(conns["/front/labels"], stamp_of(0, 0), b"\x00\x01\x00\x00garbage")
+    rc = cli_main(["replay", str(tmp_path / "bad"), "--model", "tiny-test", "--out", str(tmp_path / "out"),
+                   "--labels", "/front/labels"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "label message at bag time" in err and "is not a valid sensor_msgs/msg/Image" in err
+
+
+class FailingPredictor:
+    """The real predictor, except that its `fail_at`-th predict raises what a GPU out of memory raises."""
+
+    def __init__(self, real, fail_at: int):
+        self.real, self.fail_at, self.calls = real, fail_at, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+    def predict(self, rgb: np.ndarray):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
+        return self.real.predict(rgb)
+
+
+def test_replay_predictor_failure_midway_keeps_the_report(tmp_path, predictor):
+    bag = write_bag(tmp_path / "in", "mcap", n=3)
+    with pytest.raises(VLTSegError, match=r"stopped at frame 2 \(RuntimeError: CUDA error: out of memory\); the "
+                                          r"results for the frames before it are in") as info:
+        replay(bag, FailingPredictor(predictor, fail_at=2), tmp_path / "out", topics=[FRONT])
+    assert "\n" not in str(info.value)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["failure"] == "RuntimeError: CUDA error: out of memory"
+    assert (saved["frames"]["read"], saved["frames"]["processed"]) == (2, 1)
+    assert saved["frames"]["skipped_reasons"] == {"replay stopped while processing it (RuntimeError)": 1}
+    assert "**The replay stopped** at frame 2" in (tmp_path / "out" / "report.md").read_text()
+    assert len(read_bag(tmp_path / "out" / "bag")["/front/segmentation/mask"]) == 1
+
+
+def test_replay_video_failure_keeps_the_report(tmp_path, predictor):
+    bag = write_bag(tmp_path / "in", "mcap", n=2)
+    (tmp_path / "out" / "overlay_front_image_raw.mp4").mkdir(parents=True)  # the video file cannot be created
+    with pytest.raises(VLTSegError, match=r"stopped at frame 1 \(VLTSegError: OpenCV cannot write mp4v video"):
+        replay(bag, predictor, tmp_path / "out", topics=[FRONT], video=True)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["failure"].startswith("VLTSegError: OpenCV cannot write mp4v video")
+    assert saved["frames"]["read"] == saved["frames"]["processed"] == 1
+
+
+def test_replay_without_rosbags_is_one_line(tmp_path, monkeypatch, capsys):
+    """A plain `pip install .` has no rosbags (the ros extra): `vltseg replay` says so instead of a traceback."""
+    import sys
+
+    for name in [m for m in sys.modules if m.partition(".")[0] == "rosbags"] + ["rosbags"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    for name in ("vltseg_ros.replay", "vltseg_ros.image_conversions", "vltseg_ros.commands.replay"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    rc = cli_main(["replay", str(tmp_path / "in"), "--model", "tiny-test", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == ("vltseg replay: error: the Python package 'rosbags' is not installed (expected the "
+                               "extra of this command: pip install 'vltseg_ros[all]' installs every extra, see setup.py)")
 
 
 def test_replay_perturbed_labels_give_exact_iou(tmp_path, predictor):

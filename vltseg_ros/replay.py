@@ -13,6 +13,7 @@ import struct
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -131,6 +132,9 @@ def label_image(msgtype: str, msg, where: str) -> np.ndarray:
     if msgtype == IMAGE:
         if msg.encoding not in ("mono8", "8UC1"):
             raise VLTSegError(f"label image on {where} has encoding '{msg.encoding}' (expected mono8 trainIds)")
+        if msg.step < msg.width or len(msg.data) < msg.step * msg.height:
+            raise VLTSegError(f"label image on {where} is truncated: {len(msg.data)} bytes for {msg.height} rows of "
+                              f"step {msg.step}, width {msg.width} (expected height x step bytes, step >= width)")
         rows = np.asarray(msg.data, np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)
         return np.ascontiguousarray(rows[:, : msg.width])
     labels = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -164,16 +168,29 @@ class LabelSource:
 
 
 def labels_from_topic(reader: Reader, topic: str) -> LabelSource:
+    """The label messages of `topic`, decoded when their frame is scored: a bad label image (truncated, wrong
+    encoding) is counted against its frame like a missing one. A label topic that cannot be read is an error."""
     conns = [c for c in reader.connections if c.topic == topic]
     if not conns or conns[0].msgtype not in IMAGE_TYPES:
         raise VLTSegError(f"label topic '{topic}' is not an Image/CompressedImage topic of {reader.path} "
                           f"(topics there: {sorted({c.topic for c in reader.connections})})")
     source = LabelSource(f"topic {topic}")
-    for conn, _, data in reader.messages(connections=conns):
-        msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
-        labels = label_image(conn.msgtype, msg, topic)
-        source.by_key[(stamp_ns(msg.header), msg.header.frame_id)] = labels  # a label carries its image's header
-    return source
+    messages = reader.messages(connections=conns)
+    while True:
+        try:
+            conn, timestamp, data = next(messages)
+        except StopIteration:
+            return source
+        except BAG_READ_ERRORS as exc:
+            raise VLTSegError(f"label topic '{topic}' of bag {reader.path} cannot be read past label "
+                              f"{len(source.by_key)} ({type(exc).__name__}: {exc}; expected an undamaged bag)") from None
+        try:
+            msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
+        except Exception as exc:  # noqa: BLE001 - whatever the deserializer raises means a damaged message
+            raise VLTSegError(f"label message at bag time {timestamp} on '{topic}' of bag {reader.path} is not a "
+                              f"valid {conn.msgtype} ({type(exc).__name__}: {exc})") from None
+        # a label carries its image's header
+        source.by_key[(stamp_ns(msg.header), msg.header.frame_id)] = partial(label_image, conn.msgtype, msg, topic)
 
 
 def labels_from_dir(folder: Path) -> LabelSource:
@@ -295,8 +312,8 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
     `labels`: a label topic of the bag or a folder of label PNGs; `label_map`: a dataset label map
     (configs/datasets/) when they hold that dataset's raw ids instead of trainIds.
 
-    Returns the report. A bag that breaks off part-way keeps everything done so far: the output bag and report
-    are written, then a VLTSegError says where it broke.
+    Returns the report. A bag that breaks off part-way, or a predictor, output or video failure part-way, keeps
+    everything done so far: the output bag and report are written, then a VLTSegError says where it broke.
     """
     bag, out_dir = Path(bag), Path(out_dir)
     reader = open_bag(bag)
@@ -344,7 +361,7 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
     label_counts = Counter()
     sink = VideoSink(out_dir, video_fps(reader, selected)) if video else None
     in_conns = [c for c in reader.connections if copy_inputs or c.topic in stats]
-    bag_error, interrupted = None, False
+    bag_error, interrupted, failure = None, False, None
     total = sum(s.in_metadata for s in stats.values())
     t_start = time.perf_counter()
     with Writer(out_bag, version=9, storage_plugin=storage) as writer:
@@ -400,9 +417,10 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
                     sink.add(conn.topic, overlay(rgb, color))
         except KeyboardInterrupt:  # keep what is done: close the bag, write the report, then stop
             interrupted = True
-            for st in stats.values():
-                if st.read > st.processed + sum(st.skipped.values()):
-                    st.skipped["interrupted while being processed"] += 1
+            _account_in_flight(stats, "interrupted while being processed")
+        except Exception as exc:  # noqa: BLE001 - predictor, writer or video failure: the same, then one error line
+            failure = exc
+            _account_in_flight(stats, f"replay stopped while processing it ({type(exc).__name__})")
         bar.close()
     wall = time.perf_counter() - t_start
     read, listed = sum(s.read for s in stats.values()), sum(s.in_metadata for s in stats.values())
@@ -410,11 +428,21 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
         bag_error = f"only {read} of the {listed} image messages listed in its metadata could be read"
     videos = sink.close() if sink else []
     report = _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
-                           label_source, label_counts, videos, bag_error, copy_inputs, interrupted)
+                           label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure)
     if interrupted:
         print(f"[replay] interrupted after {report['frames']['read']} frames; results so far are in {out_dir}")
         raise KeyboardInterrupt
+    if failure is not None:
+        raise VLTSegError(f"replay of {reader.path} stopped at frame {report['frames']['read']} ({report['failure']}); "
+                          f"the results for the frames before it are in {out_dir}") from failure
     return report
+
+
+def _account_in_flight(stats: dict[str, TopicStats], reason: str) -> None:
+    """A frame that was read but neither processed nor skipped when the loop stopped is skipped for `reason`."""
+    for st in stats.values():
+        if st.read > st.processed + sum(st.skipped.values()):
+            st.skipped[reason] += 1
 
 
 def _copy_connection(writer: Writer, conn):
@@ -447,7 +475,7 @@ def _score(matrix, source: LabelSource, header, topic: str, pred: np.ndarray, co
 
 # -- report ---------------------------------------------------------------------------------------------------
 def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
-                  label_source, label_counts, videos, bag_error, copy_inputs, interrupted) -> dict:
+                  label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure) -> dict:
     frames = TopicStats()
     for s in stats.values():
         frames.read += s.read
@@ -467,6 +495,7 @@ def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, la
         "throughput_fps": frames.processed / wall if wall > 0 else 0.0,
         "bag_error": bag_error,
         "interrupted": interrupted,
+        "failure": None if failure is None else f"{type(failure).__name__}: {(str(failure).splitlines() or [''])[0]}",
         "labels": None,
         "files": {"report_json": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md"),
                   "latency_histogram": str(out_dir / "latency_histogram.png"),
@@ -531,6 +560,8 @@ def report_markdown(report: dict) -> str:
     if report["bag_error"]:
         lines += [f"**The bag cannot be read** past frame {f['read']} ({f['in_bag_metadata']} in its metadata): "
                   f"{report['bag_error']}", ""]
+    if report["failure"]:
+        lines += [f"**The replay stopped** at frame {f['read']}: {report['failure']}", ""]
     lines += ["| topic | read | processed | skipped | outputs |", "| --- | ---: | ---: | ---: | --- |"]
     for topic, s in report["topics"].items():
         lines.append(f"| `{topic}` | {s['read']} | {s['processed']} | {s['skipped']} | "
