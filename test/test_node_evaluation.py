@@ -1,6 +1,7 @@
 """The real node in evaluation mode, started the way the demo starts it (console script, params file, autostart):
-every frame is processed and nothing is lost, two cameras share one model, use_sim_time is honoured, raw and
-compressed transports, and every kind of bad input is skipped while the next good frame still works."""
+every frame is processed and nothing is lost, three cameras share one model in batches of at most two, use_sim_time
+is honoured, raw and compressed transports, every kind of bad input is skipped while the next good frame still
+works, and a configuration that cannot work ends the process with one clear line."""
 import cv2
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from vltseg_core.predictor import load_predictor
 from vltseg_ros.image_conversions import compressed_to_rgb
 
 SIM_NOW = 2000  # s: the /clock we publish; frame stamps are 1000 + index s
+CAMERAS = ["cam0", "cam1", "cam2"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,8 @@ def nodes(tmp_path_factory):
     onnx = tiny_onnx()
     logs = tmp_path_factory.mktemp("evaluation")
     common = dict(model=str(onnx), backend="onnxruntime", mode="evaluation", autostart=True, diagnostics_period=0.2)
-    raw = start_node(logs / "raw.log", name="seg_raw", cameras=["cam0", "cam1"], max_image_pixels=40000,
+    # More cameras than max_batch_size: each batch takes a frame from two of them, and none is lost or starves.
+    raw = start_node(logs / "raw.log", name="seg_raw", cameras=CAMERAS, max_batch_size=2, max_image_pixels=40000,
                      use_sim_time=True, **common)
     compressed = start_node(logs / "compressed.log", name="seg_compressed", transport="compressed", **common)
     harnesses = {"raw": Harness("evaluation_raw_test", logs / "raw.log", raw)}
@@ -47,12 +50,12 @@ def bad_raw_frames(index: int) -> list[Image]:
     return [unknown, short_step, truncated, empty, huge]
 
 
-def test_two_cameras_every_frame_bad_input_and_sim_time(nodes):
+def test_three_cameras_in_batches_of_two_every_frame_bad_input_and_sim_time(nodes):
     harnesses, predictor = nodes
     h = harnesses["raw"]
     clock_pub = h.node.create_publisher(Clock, "/clock", 10)
     h.node.create_timer(0.05, lambda: clock_pub.publish(Clock(clock=Time(sec=SIM_NOW))))
-    pubs = {cam: h.node.create_publisher(Image, f"{cam}/image", RELIABLE) for cam in ("cam0", "cam1")}
+    pubs = {cam: h.node.create_publisher(Image, f"{cam}/image", RELIABLE) for cam in CAMERAS}
     masks = {cam: h.collect(Image, f"{cam}/segmentation/mask") for cam in pubs}
     diags = h.collect(DiagnosticArray, "/diagnostics")
     for cam, pub in pubs.items():
@@ -60,15 +63,15 @@ def test_two_cameras_every_frame_bad_input_and_sim_time(nodes):
         h.wait_for(lambda: h.node.count_publishers(f"{cam}/segmentation/mask") > 0, 30, f"{cam} mask publisher")
 
     sent = {cam: [] for cam in pubs}
-    for i in range(12):  # both cameras at once: the node may batch them; bad frames on cam0 in between
-        for cam, pub in pubs.items():
-            msg = rgb_image(frame(i * 2 + (cam == "cam1")), i, cam)
+    for i in range(12):  # all cameras at once: the node batches two of them; bad frames on cam0 in between
+        for c, (cam, pub) in enumerate(pubs.items()):
+            msg = rgb_image(frame(i * len(pubs) + c), i, cam)
             pub.publish(msg)
             sent[cam].append(msg)
         if i < 5:
             pubs["cam0"].publish(bad_raw_frames(i)[i])
     h.wait_for(lambda: all(len(masks[cam]) >= len(sent[cam]) for cam in pubs), 60,
-               "a mask for every good frame of both cameras")
+               "a mask for every good frame of every camera")
     h.spin_for(0.3)
     for cam in pubs:
         assert [m.header for m in masks[cam]] == [m.header for m in sent[cam]], f"{cam}: lost or reordered frames"
@@ -79,13 +82,14 @@ def test_two_cameras_every_frame_bad_input_and_sim_time(nodes):
 
     def values(cam):
         return diagnostics_values(diags, f"/{cam}/image")
-    h.wait_for(lambda: values("cam0").get("skipped_bad_input") == "5" and values("cam1").get("processed") == "12",
-               20, "diagnostics counting the 5 bad frames")
+    h.wait_for(lambda: values("cam0").get("skipped_bad_input") == "5" and
+               all(values(cam).get("processed") == "12" for cam in pubs), 20, "diagnostics counting every frame")
     for cam in pubs:
         assert values(cam)["dropped"] == "0" and values(cam)["processed"] == "12"
     batch_sizes = {kv.value for msg in diags for status in msg.status if status.name.endswith("model")
                    for kv in status.values if kv.key == "batch_size_max"}
-    assert "2.0" in batch_sizes, f"frames of the two cameras were never inferred together: {batch_sizes}"
+    assert "2.0" in batch_sizes, f"frames of several cameras were never inferred together: {batch_sizes}"
+    assert batch_sizes <= {"nan", "1.0", "2.0"}, f"a batch was larger than max_batch_size=2: {batch_sizes}"
 
     # use_sim_time: the age of the input is measured on /clock (wall-clock age would be decades).
     late = rgb_image(frame(99), 0, "cam1")

@@ -81,6 +81,7 @@ class SegmentationNode(LifecycleNode):
         self._predictor = None
         self._table = None
         self._cameras: list[Camera] = []
+        self._next_camera = 0  # index of the camera the next batch starts with (round robin)
         self._label_pub = None
         self._diag_pub = None
         self._diag_timer = None
@@ -131,7 +132,7 @@ class SegmentationNode(LifecycleNode):
         self._stats = NodeStats(identity=identity, mode=mode, state="inactive")
 
         output_qos = LIVE_OUTPUT if mode == "live" else EVALUATION_OUTPUT
-        self._cameras = []
+        self._cameras, self._next_camera = [], 0
         for name in names:
             cam = Camera(name, "", deque(maxlen=1) if mode == "live" else deque())
             cam.input_topic = self.resolve_topic_name(cam.topic("image" if transport == "raw" else "image/compressed"))
@@ -257,8 +258,7 @@ class SegmentationNode(LifecycleNode):
             with self._lock:
                 while not self._stop.is_set() and not any(cam.pending for cam in self._cameras):
                     self._lock.wait(0.5)
-                limit = self._param("max_batch_size")
-                batch = [cam.pending.popleft() for cam in self._cameras if cam.pending][:limit]
+                batch = self._take_batch(self._param("max_batch_size"))
             if batch and not self._stop.is_set():
                 try:
                     self._process(batch)
@@ -266,6 +266,18 @@ class SegmentationNode(LifecycleNode):
                     self._stats.errors += 1
                     self.get_logger().error(f"{len(batch)} frame(s) failed: {type(exc).__name__}: {exc}",
                                             throttle_duration_sec=max(self._param("warn_throttle"), 1e-3))
+
+    def _take_batch(self, limit: int) -> list[Frame]:
+        """The oldest waiting frame of up to `limit` cameras (caller holds the lock). Each batch starts after the
+        last camera served, so with more cameras than `limit` none starves and no frame is taken and lost."""
+        batch: list[Frame] = []
+        count = len(self._cameras)
+        for step in range(count):
+            index = (self._next_camera + step) % count
+            if len(batch) < limit and self._cameras[index].pending:
+                batch.append(self._cameras[index].pending.popleft())
+                self._next_camera = (index + 1) % count
+        return batch
 
     def _wanted(self, cam: Camera) -> set[str]:
         return {out for out in OUTPUTS if cam.publishers[out].get_subscription_count() > 0}
