@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vltseg_core.bench import CUMULATIVE_PEAK_RSS
 from vltseg_core.cli import main
 
 LAYERS = ("backend", "predictor", "node", "replay")
@@ -60,6 +61,7 @@ def test_targets_and_machine_identity(bench_out):
     assert sum("node adds" in k for k in kinds) == len(BACKENDS) * len(SIZES)
     assert sum("replay" in k for k in kinds) == len(BACKENDS) * len(SIZES)
     assert all(isinstance(t["met"], bool) and t["value"] for t in report["targets"])
+    assert report["peak_rss"] in ("per layer", CUMULATIVE_PEAK_RSS)
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["cpu"] and machine["torch"] == torch.__version__
     assert machine["onnxruntime"]
@@ -105,6 +107,21 @@ def test_markdown_and_plot(bench_out):
     assert markdown.count("| met |") + markdown.count("| **missed** |") == len(report["targets"])
     with Image.open(bench_out / "latency_vs_resolution.png") as png:
         assert png.format == "PNG" and png.width > 300 and png.height > 200
+
+
+def test_peak_rss_without_clear_refs_is_marked_cumulative(monkeypatch):
+    """Containers may refuse writes to /proc/<pid>/clear_refs: the bench goes on and says what its peak RSS is."""
+    from vltseg_core import bench
+
+    assert bench.reset_peak_rss("no-such-process") is False
+    with bench.peak_memory("cpu") as peak:  # whether or not the window could be reset here
+        pass
+    assert peak["rss_mib"] > 0
+    monkeypatch.setattr(bench, "reset_peak_rss", lambda pid="self": False)
+    row = bench.LayerResult("predictor", "torch", (32, 48), [0.01, 0.02], 66.7, peak["rss_mib"])
+    report = bench.build_report([row], {"torch": {"backend": "torch"}}, "tiny-test", "cpu", "fp32", 1, 2, "vltseg bench")
+    assert report["peak_rss"] == bench.CUMULATIVE_PEAK_RSS
+    assert f"Peak RSS is {bench.CUMULATIVE_PEAK_RSS}" in bench.markdown_report(report)
 
 
 @pytest.mark.parametrize("option, value, expected", [("--sizes", "360by480", "--sizes"),

@@ -39,6 +39,7 @@ LAYERS: dict[str, str] = {
 MAIN_THREAD_LAYERS = {"node"}
 NODE_OVERHEAD_REL, NODE_OVERHEAD_ABS_MS = 0.05, 3.0  # node may add max(5 %, 3 ms) over the predictor
 REPLAY_MIN_RATIO = 0.95  # replay reaches at least 95 % of the predictor's throughput
+CUMULATIVE_PEAK_RSS = "cumulative since each process started (/proc/<pid>/clear_refs is not writable here)"
 
 
 @dataclass
@@ -111,10 +112,15 @@ def read_peak_rss_mib(pid: int | str = "self") -> float:
     return int(re.search(r"VmHWM:\s+(\d+)", status)[1]) / 1024
 
 
-def reset_peak_rss(pid: int | str = "self") -> None:
-    """Start a new peak-RSS window so that each layer reports its own peak (Linux >= 4.0)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
+def reset_peak_rss(pid: int | str = "self") -> bool:
+    """Start a new peak-RSS window so that each layer reports its own peak (Linux >= 4.0). False where
+    /proc/<pid>/clear_refs cannot be written (some containers): the peak then counts from the process start."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 @contextmanager
@@ -384,6 +390,8 @@ def markdown_report(report: dict) -> str:
              f"Command: `{report['command']}`", ""]
     lines += [f"- `{name}`: " + ", ".join(f"{k}={v}" for k, v in identity.items()) for name, identity in
               report["backends"].items()]
+    if report["peak_rss"] != "per layer":
+        lines += ["", f"Peak RSS is {report['peak_rss']}: a layer's figure includes the layers measured before it."]
     lines += ["", "| layer | backend | size (HxW) | median ms | p95 ms | frames/s | vs layer below | peak RSS MiB |",
               "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for row in report["results"]:
@@ -456,9 +464,11 @@ def build_report(results: list[LayerResult], identities: dict[str, dict], model:
         row["size_hw"] = list(result.size)
         rows.append(row)
     add_ratios(rows)
+    # Whether each layer's peak RSS is its own: the same on every process of this machine, so ask this one.
+    peak_rss = "per layer" if reset_peak_rss() else CUMULATIVE_PEAK_RSS
     return {"model": model, "device": device, "precision": precision, "warmup": warmup, "iters": iters,
             "command": command, "machine": machine_identity(device), "backends": identities, "results": rows,
-            "targets": evaluate_targets(rows, device, target_sizes)}
+            "peak_rss": peak_rss, "targets": evaluate_targets(rows, device, target_sizes)}
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
