@@ -6,6 +6,7 @@ import torch
 from vltseg_core.errors import VLTSegError
 from vltseg_core.models import build_model, list_presets, load_preset
 from vltseg_core.models.msdeform_attn import ms_deform_attn_sample
+from vltseg_core.predictor import fit_size
 
 PAPER_PRESETS = ["eva02-l14-m2f", "eva02-b16-m2f", "clip-l14-m2f", "clip-b16-m2f"]
 TINY_M2F_HEAD = {"type": "mask2former", "hidden_dim": 64, "num_queries": 10, "dec_layers": 3, "dec_ffn_dim": 128,
@@ -38,7 +39,10 @@ def test_paper_preset_predicts_any_size(name):
 def test_paper_backbone_settings():
     preset = load_preset("eva02-l14-m2f")
     assert preset["backbone"]["out_indices"] == [9, 14, 19, 23]
-    assert preset["test"] == {"mode": "slide", "crop_size": [1024, 1024], "stride": [768, 768]}
+    assert preset["test"] == {"mode": "slide", "size": [1024, 2048], "crop_size": [1024, 1024], "stride": [768, 768]}
+    # as mmseg's test pipeline: a BDD frame is resized to fit 2048x1024 first, a Cityscapes frame stays as it is
+    assert fit_size((720, 1280), tuple(preset["test"]["size"])) == (1024, 1820)
+    assert fit_size((1024, 2048), tuple(preset["test"]["size"])) == (1024, 2048)
     head = preset["head"]
     assert (head["num_queries"], head["dec_layers"], head["enc_layers"], head["enc_heads"], head["enc_points"]) == (100, 9, 6, 8, 4)
 
