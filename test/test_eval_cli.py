@@ -78,3 +78,11 @@ def test_eval_cli_bad_data_is_one_clear_line(tmp_path, capsys):
     assert main(["eval", "--data", "kitti:/data", "--out", str(tmp_path / "o")]) == 2
     assert "expected KIND:ROOT[:SPLIT]" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_cli_unusable_out_fails_before_evaluating(tmp_path, camvid_tiny, capsys):
+    out = tmp_path / "taken"
+    out.write_text("")  # a file where the report folder should go (a permission error reads the same)
+    assert main(["eval", "--model", "tiny-test", "--data", f"camvid:{camvid_tiny}", "--out", str(out)]) == 2
+    # the only line: no model was loaded (its warning) and no evaluation ran (its progress bar)
+    assert capsys.readouterr().err.strip() == f"vltseg eval: error: [Errno 17] File exists: '{out}'"

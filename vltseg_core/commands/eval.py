@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
             raise VLTSegError(f"--tta-scales '{args.tta_scales}' (expected positive scales)")
         tta = TTA(scales=scales)
     datasets = [build_dataset(*parse_dataset_spec(spec)) for spec in args.data]  # fail fast, before the model loads
+    args.out.mkdir(parents=True, exist_ok=True)  # and before the evaluation, which may take hours
     predictor = load_predictor(args.model, backend=args.backend, device=args.device, precision=args.precision,
                                mode=args.mode)
     report = evaluate(predictor, datasets, tta=tta, limit=args.limit, model=args.model)
