@@ -1,6 +1,7 @@
 """Backends behind one interface: torch vs onnxruntime parity on real frames, fixed-size graphs in both
 modes, fp16 on CPU, backend selection, and clear errors for bad graphs and wrong sizes."""
 import logging
+import sys
 
 import cv2
 import numpy as np
@@ -117,8 +118,9 @@ def test_graph_errors(fixed_onnx, tmp_path):
 
 
 def test_selection_by_name_and_auto(fixed_onnx, caplog):
-    assert choose_backend("auto", "engine", "cpu")[0] == "tensorrt"
-    assert choose_backend("auto", "model", "cpu") == ("torch", choose_backend("auto", "model", "cpu")[1])
+    assert choose_backend("auto", "engine", "cpu") == ("tensorrt", "a serialized TensorRT engine was given")
+    assert choose_backend("auto", "model", "cpu") == (
+        "torch", "PyTorch weights on CPU (no export step needed; onnxruntime is an explicit choice)")
     if available_backends()["tensorrt"] != "available":
         assert choose_backend("auto", "onnx", "cpu")[0] == "onnxruntime"
     assert choose_backend("onnxruntime", "model", "cpu") == ("onnxruntime", "requested by name")
@@ -130,6 +132,20 @@ def test_selection_by_name_and_auto(fixed_onnx, caplog):
         pred = load_predictor(str(fixed_onnx))
     assert pred.identity()["backend"] == "onnxruntime" and "backend onnxruntime for" in caplog.text
     assert pred.class_table.name == "cityscapes"  # from the graph's metadata
+
+
+def test_named_backend_that_cannot_run_fails_before_any_export(tmp_path, monkeypatch):
+    """`--backend onnxruntime` without onnxruntime (or without a GPU provider on cuda): one clear line, before the
+    minutes of export a preset would otherwise take first."""
+    monkeypatch.setenv("VLTSEG_HOME", str(tmp_path))
+    if "CUDAExecutionProvider" not in available_backends()["onnxruntime"]:
+        with pytest.raises(VLTSegError, match="device 'cuda' requested but this onnxruntime has no CUDA"):
+            load_predictor("tiny-test", backend="onnxruntime", device="cuda")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(VLTSegError, match="backend onnxruntime was requested but the `onnxruntime` Python "
+                                          "package is not installed"):
+        load_predictor("tiny-test", backend="onnxruntime")
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_load_predictor_exports_a_cached_graph_for_onnxruntime(tmp_path, monkeypatch, frames):

@@ -8,17 +8,25 @@ from pathlib import Path
 import numpy as np
 
 from vltseg_core.assets import sha256_file
-from vltseg_core.backends.base import check_batch
+from vltseg_core.backends.base import check_batch, cuda_index
 from vltseg_core.errors import VLTSegError
 
 log = logging.getLogger(__name__)
+
+
+def check_gpu_providers(device: str, available: list[str]) -> None:
+    """A CUDA device needs an onnxruntime build with the CUDA or TensorRT execution provider."""
+    if not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(available):
+        raise VLTSegError(f"backend onnxruntime: device '{device}' requested but this onnxruntime has no CUDA or "
+                          f"TensorRT execution provider (has {', '.join(available)}; install onnxruntime-gpu)")
 
 
 def providers_for(device: str, precision: str, available: list[str], cache_dir: Path) -> list:
     """Execution providers in preference order for `device` (the TensorRT EP caches its engines in `cache_dir`)."""
     if not device.startswith("cuda"):
         return ["CPUExecutionProvider"]
-    index = int(device.split(":")[1]) if ":" in device else 0
+    check_gpu_providers(device, available)
+    index = cuda_index(device)
     chosen: list = []
     if "TensorrtExecutionProvider" in available:
         chosen.append(("TensorrtExecutionProvider", {
@@ -26,9 +34,6 @@ def providers_for(device: str, precision: str, available: list[str], cache_dir: 
             "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True}))
     if "CUDAExecutionProvider" in available:
         chosen.append(("CUDAExecutionProvider", {"device_id": index}))
-    if not chosen:
-        raise VLTSegError(f"backend onnxruntime: device '{device}' requested but this onnxruntime has no CUDA or "
-                          f"TensorRT execution provider (has {', '.join(available)}; install onnxruntime-gpu)")
     return chosen + ["CPUExecutionProvider"]
 
 
