@@ -163,8 +163,13 @@ def test_flags_and_paths(tmp_path):
         builder_flags("fp8")
     spec = make_spec()
     engine = default_engine_path(tmp_path / "demo.onnx", spec)
-    assert engine.name == "demo.fp16.nvidia-jetson-agx-orin-sm87.engine"
+    assert engine.name == f"demo.fp16.nvidia-jetson-agx-orin-sm87.{spec.key()[:8]}.engine"
     assert timing_cache_path(engine, spec).name == "timing-trt10.3.0-nvidia-jetson-agx-orin-sm87.cache"
+    # Nodes asking for another profile or other flags get their own slot instead of rebuilding this one.
+    other_profile = make_spec(profile=InputProfile("images", (1, 3, 360, 480), (1, 3, 360, 480), (1, 3, 360, 480)))
+    other_flags = make_spec(builder_flags=builder_flags("fp16", workspace_mib=1024))
+    paths = {default_engine_path(tmp_path / "demo.onnx", s) for s in (spec, other_profile, other_flags)}
+    assert len(paths) == 3 and timing_cache_path(engine, other_profile) == timing_cache_path(engine, spec)
 
 
 def _contend(engine: str, log_file: str, precision: str, force: bool, barrier) -> None:

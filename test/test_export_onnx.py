@@ -13,6 +13,7 @@ import torch
 
 from vltseg_core.cli import main
 from vltseg_core.errors import VLTSegError
+from vltseg_core.export import onnx_export
 from vltseg_core.export.fp16_check import check_fp16
 from vltseg_core.export.onnx_export import check_parity, export_onnx, graph_metadata
 from vltseg_core.models import build_model
@@ -56,6 +57,30 @@ def test_deploy_outputs_and_parity_failure(tmp_path):
     other = build_model("tiny-test")  # different weights: the check must fail loudly
     with pytest.raises(VLTSegError, match="ONNX parity check failed"):
         check_parity(other, path, [(96, 128)])
+
+
+def test_cli_parity_failure_leaves_no_graph(tmp_path, capsys):
+    """A graph that fails its check is not written to --out (a later `export trt` would take it for a good one)."""
+    out = tmp_path / "tiny.onnx"
+    args = ["export", "onnx", "--model", "tiny-test", "--size", "64x64", "--out", str(out), "--tolerance", "0"]
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "ONNX parity check failed at 64x64" in last and f"{out} not written" in last
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_graph_that_failed_parity_is_not_reused(tmp_path, monkeypatch):
+    """cached_onnx checks before the graph enters the cache: a second call runs the check again, not the graph."""
+    monkeypatch.setenv("VLTSEG_HOME", str(tmp_path))
+    real_check = onnx_export.check_parity
+    monkeypatch.setattr(onnx_export, "check_parity",  # too tight a tolerance: every graph fails
+                        lambda model, path, sizes: real_check(model, path, sizes, max_abs_diff=0.0))
+    torch.manual_seed(0)
+    model = build_model("tiny-test").eval()
+    for _ in range(2):
+        with pytest.raises(VLTSegError, match="ONNX parity check failed.*not written"):
+            onnx_export.cached_onnx(model, "tiny-test")
+        assert [p.name for p in (tmp_path / "onnx").iterdir() if not p.name.endswith(".lock")] == []
 
 
 class HugeWeights(torch.nn.Module):
@@ -119,10 +144,10 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys, monkeypatch, args, me
 
 def test_demo_model_export_parity_and_fp16_check(tmp_path, camvid_root):
     """The embedded demo model at CamVid's native 360x480: ONNX parity and FP16 check on real frames."""
-    pretrained = pytest.importorskip("vltseg_core.pretrained", reason="the demo model has not landed yet")
     from vltseg_core.export.fp16_check import load_frames
+    from vltseg_core.pretrained import load_demo_model
 
-    model = pretrained.load_demo_model()
+    model = load_demo_model()
     path = export_onnx(model, tmp_path / "demo.onnx", (360, 480))
     frames, labels, class_ids = load_frames("camvid", camvid_root, "val", 2)
     parity = check_parity(model, path, [(360, 480)], images=frames)

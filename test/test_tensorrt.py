@@ -1,8 +1,10 @@
-"""TensorRT: the clear errors run everywhere; engine build + parity + cache reuse need TensorRT 10 and a CUDA
-GPU (marked `tensorrt`, skipped elsewhere with the reason)."""
+"""TensorRT: the clear errors, the version gate, the device parser and the engine-vs-ONNX Runtime verdict run
+everywhere; engine build + parity + cache reuse need TensorRT 10 and a CUDA GPU (marked `tensorrt`, skipped
+elsewhere with the reason)."""
 import importlib.util
 import json
 import logging
+import time
 
 import numpy as np
 import onnx
@@ -10,8 +12,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from vltseg_core.backends.base import cuda_index
 from vltseg_core.errors import VLTSegError
 from vltseg_core.export.engine_cache import manifest_path
+from vltseg_core.export.tensorrt_build import check_tensorrt_version, current_gpu, engine_agreement
 from vltseg_core.predictor import load_predictor
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
@@ -32,10 +36,70 @@ def small_onnx(tmp_path):
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="checks the error where TensorRT or the GPU is missing")
-def test_tensorrt_requested_without_it_is_one_clear_error(small_onnx):
-    with pytest.raises(VLTSegError, match="TensorRT was requested but (the `tensorrt` Python package is not "
-                                          "installed|no CUDA GPU is visible)"):
+def test_tensorrt_requested_without_it_is_one_clear_error(small_onnx, tmp_path, monkeypatch):
+    missing = "TensorRT was requested but (the `tensorrt` Python package is not installed|no CUDA GPU is visible)"
+    with pytest.raises(VLTSegError, match=missing):
         load_predictor(str(small_onnx), backend="tensorrt", device="cuda")
+    # A preset named for TensorRT fails before the ONNX export (minutes for real models) would start.
+    monkeypatch.setenv("VLTSEG_HOME", str(tmp_path / "home"))
+    started = time.perf_counter()
+    with pytest.raises(VLTSegError, match=missing):
+        load_predictor("tiny-test", backend="tensorrt", device="cuda")
+    assert time.perf_counter() - started < 5 and not (tmp_path / "home" / "onnx").exists()
+
+
+@pytest.mark.parametrize("version, ok", [("10.0.1", True), ("10.13.3.9", True), ("11.0.0", False),
+                                         ("8.6.1", False), ("9.3.0", False)])
+def test_tensorrt_version_gate(version, ok):
+    """TensorRT 11 removed the FP16/BF16/INT8 builder flags the builder sets: only 10.x is accepted."""
+    if ok:
+        assert check_tensorrt_version(version) == version
+    else:
+        with pytest.raises(VLTSegError, match=f"TensorRT {version} is installed \\(expected TensorRT 10.x"):
+            check_tensorrt_version(version)
+
+
+def test_cuda_device_parser():
+    assert cuda_index("cuda") == 0 and cuda_index("cuda:0") == 0 and cuda_index("cuda:3") == 3
+    for bad in ("cpu", "cuda:", "cuda:x", "cuda:-1", "gpu:1"):
+        with pytest.raises(VLTSegError, match=f"device '{bad}' is not a CUDA device"):
+            cuda_index(bad)
+    with pytest.raises(VLTSegError, match="TensorRT needs a CUDA device, got device 'cpu'"):
+        current_gpu("cpu")
+
+
+def _probs(labels: np.ndarray, num_classes: int = 19) -> np.ndarray:
+    """(N,C,H,W) probabilities whose argmax is `labels` (N,H,W)."""
+    probs = np.full((*labels.shape[:1], num_classes, *labels.shape[1:]), 0.01, np.float32)
+    np.put_along_axis(probs, labels[:, None], 0.82, axis=1)
+    return probs
+
+
+@pytest.mark.parametrize("precision, changed, ok", [
+    ("fp32", 0, True), ("fp32", 10, True), ("fp32", 11, False),  # 10000 pixels: 99.9% = 10 may differ
+    ("fp16", 100, True), ("fp16", 101, False), ("bf16", 200, True), ("bf16", 201, False)])
+def test_engine_agreement_verdict(precision, changed, ok):
+    """The gate of `vltseg export trt`: the thresholds the GPU tests above use (fp32 99.9%, fp16 99%)."""
+    labels = np.random.default_rng(0).integers(0, 19, (1, 100, 100))
+    ref = _probs(labels)
+    moved = labels.copy()
+    moved.reshape(-1)[:changed] = (moved.reshape(-1)[:changed] + 1) % 19
+    verdict = engine_agreement(ref, _probs(moved), precision)
+    assert verdict.ok is ok and verdict.argmax_agreement == pytest.approx(1 - changed / 10000)
+    assert verdict.line().startswith(f"{precision} engine vs ONNX Runtime: argmax agreement")
+
+
+def test_engine_agreement_fails_on_nonfinite_and_bad_input():
+    ref = _probs(np.zeros((1, 8, 8), int))
+    got = ref.copy()
+    got[0, 1, 0, 0] = np.inf  # not the argmax class: agreement stays 100%, the inf alone fails it
+    verdict = engine_agreement(ref, got, "fp16")
+    assert verdict.argmax_agreement == 1.0 and verdict.nonfinite == 1 and not verdict.ok
+    assert np.isfinite(verdict.max_abs_diff)
+    with pytest.raises(VLTSegError, match="differs in shape"):
+        engine_agreement(ref, got[:, :, :4], "fp16")
+    with pytest.raises(VLTSegError, match="unknown TensorRT precision 'fp8'"):
+        engine_agreement(ref, got, "fp8")
 
 
 def test_engine_file_errors(small_onnx, tmp_path):

@@ -1,7 +1,8 @@
 """Native TensorRT 10 backend: one engine, one execution context, its own CUDA stream, pinned host buffers.
 
 Images travel to the GPU as uint8 (a quarter of the float bytes) and become float there. CUDA memory and the
-stream come from torch, which is installed anyway, so no pycuda/cuda-python is needed.
+stream come from torch, which is installed anyway, so no pycuda/cuda-python is needed. TensorRT works on the
+current CUDA device, so deserialisation and every execution run with the requested cuda:N made current.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vltseg_core.backends.base import check_batch
+from vltseg_core.backends.base import check_batch, cuda_index
 from vltseg_core.errors import VLTSegError
 from vltseg_core.export.engine_cache import InputProfile, runtime_mismatch, verify_engine_file
 from vltseg_core.export.tensorrt_build import current_gpu, engine_for_onnx, tensorrt_version
@@ -49,15 +50,16 @@ class TensorRTBackend:
         import tensorrt as trt
         import torch
 
-        self.device = torch.device(device)
+        self.device = torch.device("cuda", cuda_index(device))
         self.torch = torch
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
-        if self.engine is None:
-            raise VLTSegError(f"TensorRT could not deserialize {self.engine_path} (corrupt, or built by another "
-                              "TensorRT version; rebuild with `vltseg export trt`)")
-        self.context = self.engine.create_execution_context()
+        with torch.cuda.device(self.device):
+            self.runtime = trt.Runtime(self.logger)
+            self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+            if self.engine is None:
+                raise VLTSegError(f"TensorRT could not deserialize {self.engine_path} (corrupt, or built by another "
+                                  "TensorRT version; rebuild with `vltseg export trt`)")
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
@@ -91,7 +93,7 @@ class TensorRTBackend:
                               f"({self.profile.describe()}; expected a shape inside it, or rebuild with other sizes)")
         host_in = self._host_buffer(batch.shape, torch.from_numpy(batch[:0]).dtype)
         host_in.numpy()[...] = batch
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             images = host_in.to(self.device, non_blocking=True).to(self.dtypes[self.input_name])
             self.context.set_input_shape(self.input_name, tuple(batch.shape))
             self.context.set_tensor_address(self.input_name, images.data_ptr())

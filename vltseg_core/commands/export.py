@@ -60,33 +60,39 @@ def run(args: argparse.Namespace) -> int:
 def _onnx(args: argparse.Namespace) -> int:
     from vltseg_core.data.datasets import parse_dataset_spec
     from vltseg_core.export.fp16_check import check_fp16, load_frames
-    from vltseg_core.export.onnx_export import check_parity, export_onnx, parse_size
+    from vltseg_core.export.onnx_export import check_parity, default_size, export_checked, parse_size
     from vltseg_core.predictor import load_module
 
     if args.out.suffix != ".onnx":
         raise VLTSegError(f"--out {args.out} (expected a path ending in .onnx)")
+    if args.tolerance < 0:
+        raise VLTSegError(f"--tolerance {args.tolerance} (expected a max |dp| >= 0, e.g. 1e-3)")
     fp16_spec = parse_dataset_spec(args.fp16_data) if args.fp16_data else None  # fail fast, before the export
+    size = parse_size(args.size) if args.size else None
     model, model_id = load_module(args.model)
-    preset = getattr(model, "preset", {})
-    default = preset.get("test", {}).get("crop_size") or preset.get("train", {}).get("crop_size") or (512, 512)
-    size = parse_size(args.size) if args.size else tuple(default)
-    export_onnx(model, args.out, size, dynamic=args.dynamic, deploy_outputs=args.deploy_outputs)
-    print(f"[export] {model_id} -> {args.out} ({'dynamic' if args.dynamic else 'fixed'} {size[0]}x{size[1]})")
+    size = size or default_size(getattr(model, "preset", {}))
     frames = labels = class_ids = None
     if fp16_spec:
         frames, labels, class_ids = load_frames(*fp16_spec, count=args.fp16_frames)
     # Parity at the export size, and for dynamic graphs also at another, non-square size.
     sizes = [size] + ([(size[0] + 64, size[1] - 32 if size[1] > 96 else size[1] + 32)] if args.dynamic else [])
-    parity = check_parity(model, args.out, sizes, images=frames, max_abs_diff=args.tolerance)
-    for report in parity:
-        print(f"[export] ONNX Runtime vs PyTorch {report.line()}")
-    result = {"onnx": str(args.out), "model": model_id, "parity": [vars(r) for r in parity]}
-    if frames:
-        fp16 = check_fp16(args.out, frames, labels, class_ids)
-        print(f"[export] {fp16.line()}")
-        result["fp16"] = fp16.as_dict()
-    else:
-        print("[export] FP16 check skipped (give --fp16-data KIND:ROOT[:SPLIT] to run it on real frames)")
+
+    def check(graph: Path) -> dict:
+        """Parity, then the FP16 check: --out is written only when both pass."""
+        parity = check_parity(model, graph, sizes, images=frames, max_abs_diff=args.tolerance)
+        for report in parity:
+            print(f"[export] ONNX Runtime vs PyTorch {report.line()}")
+        result = {"onnx": str(args.out), "model": model_id, "parity": [vars(r) for r in parity]}
+        if frames:
+            fp16 = check_fp16(graph, frames, labels, class_ids)
+            print(f"[export] {fp16.line()}")
+            result["fp16"] = fp16.as_dict()
+        else:
+            print("[export] FP16 check skipped (give --fp16-data KIND:ROOT[:SPLIT] to run it on real frames)")
+        return result
+
+    result = export_checked(model, args.out, size, check, dynamic=args.dynamic, deploy_outputs=args.deploy_outputs)
+    print(f"[export] {model_id} -> {args.out} ({'dynamic' if args.dynamic else 'fixed'} {size[0]}x{size[1]})")
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(result, indent=2, default=list))
@@ -94,8 +100,9 @@ def _onnx(args: argparse.Namespace) -> int:
 
 
 def _trt(args: argparse.Namespace) -> int:
+    from vltseg_core.export.engine_cache import manifest_path
     from vltseg_core.export.onnx_export import parse_size
-    from vltseg_core.export.tensorrt_build import engine_for_onnx
+    from vltseg_core.export.tensorrt_build import engine_agreement, engine_for_onnx
 
     try:
         batch = tuple(int(b) for b in args.batch.split(","))
@@ -119,7 +126,12 @@ def _trt(args: argparse.Namespace) -> int:
     shape = trt_backend.profile.opt
     batch_in = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
     ref, got = OnnxRuntimeBackend(args.onnx).infer(batch_in), trt_backend.infer(batch_in)
-    agreement = float((ref.argmax(1) == got.argmax(1)).mean())
-    print(f"[export] TensorRT vs ONNX Runtime at {'x'.join(map(str, shape))}: max |dp| "
-          f"{float(np.abs(ref - got).max()):.2e}, argmax agreement {100 * agreement:.3f}%")
+    verdict = engine_agreement(ref, got, args.precision)
+    where = f"at {'x'.join(map(str, shape))}"
+    if not verdict.ok:  # never leave an engine known to disagree where nodes would load it
+        engine.unlink(missing_ok=True)
+        manifest_path(engine).unlink(missing_ok=True)
+        raise VLTSegError(f"TensorRT engine check failed {where}: {verdict.line()}; {engine} removed "
+                          "(try --precision fp32, or check the FP16 report of `vltseg export onnx`)")
+    print(f"[export] TensorRT {verdict.line()} {where}")
     return 0

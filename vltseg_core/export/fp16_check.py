@@ -142,7 +142,7 @@ def check_fp16(onnx_path: Path, frames: list[np.ndarray], labels: list[np.ndarra
     drop = -(report.miou_delta or 0.0)
     if (report.nonfinite or report.storage_nonfinite or drop > max_miou_drop
             or min(report.argmax_agreement, report.storage_agreement) < min_agreement):
-        raise VLTSegError(f"FP16 check failed for {onnx_path}: {report.line()} (expected no non-finite values, "
+        raise VLTSegError(f"FP16 check failed: {report.line()} (expected no non-finite values, "
                           f"agreement >= {100 * min_agreement:g}% and mIoU drop <= {100 * max_miou_drop:g} points; "
                           "keep this model in fp32 or find the overflowing layer)")
     return report

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 OPSET = 18
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probs", "labels", "confidence")
+T = TypeVar("T")
 
 
 class ExportWrapper(torch.nn.Module):
@@ -61,6 +63,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def default_size(preset: dict, traced: list[int] | tuple[int, int] | None = None) -> tuple[int, int]:
+    """The size the predictor feeds the network (slide: test.crop_size; whole: test.size), else the size a graph
+    was traced at, else the training crop, else 512x512: what exports trace at and engines optimise for."""
+    test = preset.get("test") or {}
+    train = preset.get("train") or {}
+    return tuple(test.get("crop_size") or test.get("size") or traced or train.get("crop_size") or (512, 512))
+
+
 def export_onnx(model: torch.nn.Module, out: Path, size: tuple[int, int], dynamic: bool = False,
                 deploy_outputs: bool = False, opset: int = OPSET) -> Path:
     """Export `model` to `out` (one self-contained file, written atomically). `size` is the traced example size;
@@ -89,6 +99,23 @@ def export_onnx(model: torch.nn.Module, out: Path, size: tuple[int, int], dynami
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def export_checked(model: torch.nn.Module, out: Path, size: tuple[int, int], check: Callable[[Path], T],
+                   dynamic: bool = False, deploy_outputs: bool = False) -> T:
+    """Export to a temp file beside `out`, run `check` on it, and only then move it to `out`: a graph that failed
+    its checks is never left where the next run or a cache lookup would take it for a good one."""
+    tmp = out.with_name(f".{out.stem}.unchecked{os.getpid()}.onnx")
+    try:
+        export_onnx(model, tmp, size, dynamic=dynamic, deploy_outputs=deploy_outputs)
+        try:
+            result = check(tmp)
+        except VLTSegError as exc:
+            raise VLTSegError(f"{exc}; {out} not written") from exc
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result
 
 
 def _write_metadata(path: Path, model: torch.nn.Module, dynamic: bool, size: tuple[int, int]) -> None:
@@ -132,7 +159,8 @@ def graph_metadata(path: Path) -> dict:
 def check_parity(model: torch.nn.Module, onnx_path: Path, sizes: list[tuple[int, int]],
                  images: list[np.ndarray] | None = None, max_abs_diff: float = 1e-3,
                  min_agreement: float = 0.999) -> list[ParityReport]:
-    """Run ONNX Runtime (CPU) and PyTorch on the same inputs; raise VLTSegError over the tolerance."""
+    """Run ONNX Runtime (CPU) and PyTorch on the same inputs; raise VLTSegError over the tolerance (the message
+    leaves out `onnx_path`, which export_checked names)."""
     from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
     from vltseg_core.backends.torch_backend import TorchBackend
 
@@ -154,7 +182,7 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, sizes: list[tuple[int,
         log.info("ONNX parity %s", report.line())
         reports.append(report)
         if not np.isfinite(got).all() or report.max_abs_diff > max_abs_diff or report.argmax_agreement < min_agreement:
-            raise VLTSegError(f"ONNX parity check failed for {onnx_path} at {report.line()} (expected max diff <= "
+            raise VLTSegError(f"ONNX parity check failed at {report.line()} (expected max diff <= "
                               f"{max_abs_diff:g} and agreement >= {100 * min_agreement:g}%)")
     return reports
 
@@ -178,8 +206,8 @@ def graph_code_digest() -> str:
 
 
 def cached_onnx(model: torch.nn.Module, model_id: str) -> Path:
-    """A dynamic-size export of `model` in the asset cache (reused while the weights, the model code and torch are
-    unchanged: a new release never runs a graph exported by an older one)."""
+    """A dynamic-size, parity-checked export of `model` in the asset cache (reused while the weights, the model
+    code and torch are unchanged: a new release never runs a graph exported by an older one)."""
     from filelock import FileLock
 
     from vltseg_core.assets import cache_dir
@@ -190,8 +218,6 @@ def cached_onnx(model: torch.nn.Module, model_id: str) -> Path:
     with FileLock(str(path) + ".lock"):
         if not path.is_file():
             log.info("exporting %s to ONNX for a graph backend (once; cached at %s)", model_id, path)
-            test = getattr(model, "preset", {}).get("test", {})
-            size = tuple(test.get("crop_size") or model.preset.get("train", {}).get("crop_size") or (512, 512))
-            export_onnx(model, path, size=size, dynamic=True)
-            check_parity(model, path, [size])
+            size = default_size(getattr(model, "preset", {}))
+            export_checked(model, path, size, lambda graph: check_parity(model, graph, [size]), dynamic=True)
     return path

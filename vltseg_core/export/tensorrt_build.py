@@ -1,15 +1,20 @@
 """Build TensorRT 10 engines from ONNX (Python API), through the engine cache.
 
 Only `build_serialized_engine` and `current_gpu`/`tensorrt_version` touch TensorRT or CUDA; flag selection,
-profiles, paths and the cache logic are plain code (tested without a GPU).
+the version gate, profiles, paths, the engine-vs-ONNX Runtime verdict and the cache logic are plain code (tested
+without a GPU).
 """
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from vltseg_core.assets import sha256_file
+from vltseg_core.backends.base import cuda_index
 from vltseg_core.errors import VLTSegError
 from vltseg_core.export.engine_cache import EngineSpec, InputProfile, atomic_write, ensure_engine, profile_for_input
 
@@ -20,6 +25,9 @@ log = logging.getLogger(__name__)
 # fallback for the unquantized layers.
 PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8", "FP16")}
 DEFAULT_WORKSPACE_MIB = 4096
+# Lowest argmax agreement of a fresh engine with the fp32 graph in ONNX Runtime: the ONNX parity bar for fp32, the
+# FP16 check's bar for fp16; bf16 (8-bit mantissa) and int8 get the bar of the torch bf16 test.
+MIN_ENGINE_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98, "int8": 0.98}
 
 
 def builder_flags(precision: str, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
@@ -32,34 +40,46 @@ def builder_flags(precision: str, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     return tuple(sorted({*PRECISION_FLAGS[precision], *extra, f"workspace_mib={workspace_mib}"}))
 
 
+def check_tensorrt_version(version: str) -> str:
+    """TensorRT 10.x only: 11 removed the FP16/BF16/INT8 builder flags this builder sets (it needs strongly typed
+    networks instead), and 9 and older lack the tensor-name API the backend uses."""
+    if version.split(".")[0] != "10":
+        raise VLTSegError(f"TensorRT {version} is installed (expected TensorRT 10.x: 11 removed the FP16/BF16/INT8 "
+                          "builder flags used here, older versions lack the API)")
+    return version
+
+
 def tensorrt_version() -> str:
     try:
         import tensorrt as trt
     except ImportError:
         raise VLTSegError("TensorRT was requested but the `tensorrt` Python package is not installed (expected "
                           "TensorRT 10 on the GPU machine; use backend onnxruntime or torch elsewhere)") from None
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise VLTSegError(f"TensorRT {trt.__version__} is installed (expected TensorRT 10 or newer)")
-    return trt.__version__
+    return check_tensorrt_version(trt.__version__)
 
 
 def current_gpu(device: str = "cuda") -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor') of `device`; a clear error when there is no GPU."""
+    """(GPU name, compute capability 'major.minor') of `device`; a clear error when there is no such GPU."""
     import torch
 
     if not device.startswith("cuda"):
         raise VLTSegError(f"TensorRT needs a CUDA device, got device '{device}' (expected cuda or cuda:N)")
+    index = cuda_index(device)
     if not torch.cuda.is_available():
         raise VLTSegError("TensorRT was requested but no CUDA GPU is visible (expected an NVIDIA GPU and driver; "
                           "use backend onnxruntime or torch on CPU)")
-    index = int(device.split(":")[1]) if ":" in device else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise VLTSegError(f"device '{device}' was requested but {count} CUDA GPU(s) are visible "
+                          f"(expected cuda:0 to cuda:{count - 1})")
     major, minor = torch.cuda.get_device_capability(index)
     return torch.cuda.get_device_name(index), f"{major}.{minor}"
 
 
 def default_engine_path(onnx_path: Path, spec: EngineSpec) -> Path:
-    """One engine slot per ONNX file, precision and GPU model; other changes rebuild the slot (logged)."""
-    return onnx_path.with_name(f"{onnx_path.stem}.{spec.precision}.{_gpu_tag(spec)}.engine")
+    """Named by precision, GPU and a key prefix: nodes with other profiles or flags get their own engine instead
+    of rebuilding each other's (old engines stay until deleted)."""
+    return onnx_path.with_name(f"{onnx_path.stem}.{spec.precision}.{_gpu_tag(spec)}.{spec.key()[:8]}.engine")
 
 
 def timing_cache_path(engine: Path, spec: EngineSpec) -> Path:
@@ -92,9 +112,11 @@ def onnx_input(onnx_path: Path) -> tuple[str, list]:
     return inputs[0].name, dims
 
 
-def build_serialized_engine(onnx_path: Path, spec: EngineSpec, timing_cache: Path) -> bytes:
-    """TensorRT 10: parse ONNX, set flags/profile/workspace/timing cache, build; progress goes to the log."""
+def build_serialized_engine(onnx_path: Path, spec: EngineSpec, timing_cache: Path, device: str = "cuda") -> bytes:
+    """TensorRT 10: parse ONNX, set flags/profile/workspace/timing cache, build on `device` (the builder uses the
+    current CUDA device, so cuda:N is made current for the build); progress goes to the log."""
     import tensorrt as trt
+    import torch
 
     class ProgressLog(trt.IProgressMonitor):
         """Logs each top-level build phase and its step count (ViT-L builds take minutes)."""
@@ -117,34 +139,35 @@ def build_serialized_engine(onnx_path: Path, spec: EngineSpec, timing_cache: Pat
         def phase_finish(self, phase_name):
             self.steps.pop(phase_name, None)
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise VLTSegError(f"TensorRT could not parse {onnx_path}: {errors or 'unknown error'}")
-    config = builder.create_builder_config()
-    for flag in spec.builder_flags:
-        if flag.startswith("workspace_mib="):
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(flag.split("=")[1]) << 20)
-        else:
-            config.set_flag(getattr(trt.BuilderFlag, flag))
-    profile = builder.create_optimization_profile()
-    p = spec.profile
-    profile.set_shape(p.name, p.min, p.opt, p.max)
-    config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    monitor = ProgressLog()  # keep a Python reference alive for the whole build
-    config.progress_monitor = monitor
-    log.info("building TensorRT %s engine for %s (%s); this takes minutes for large models",
-             spec.precision, onnx_path.name, p.describe())
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise VLTSegError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
-    atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized)
+    with torch.cuda.device(cuda_index(device)):
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise VLTSegError(f"TensorRT could not parse {onnx_path}: {errors or 'unknown error'}")
+        config = builder.create_builder_config()
+        for flag in spec.builder_flags:
+            if flag.startswith("workspace_mib="):
+                config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(flag.split("=")[1]) << 20)
+            else:
+                config.set_flag(getattr(trt.BuilderFlag, flag))
+        profile = builder.create_optimization_profile()
+        p = spec.profile
+        profile.set_shape(p.name, p.min, p.opt, p.max)
+        config.add_optimization_profile(profile)
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        monitor = ProgressLog()  # keep a Python reference alive for the whole build
+        config.progress_monitor = monitor
+        log.info("building TensorRT %s engine for %s (%s); this takes minutes for large models",
+                 spec.precision, onnx_path.name, p.describe())
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise VLTSegError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        return bytes(serialized)
 
 
 def engine_spec(onnx_path: Path, precision: str, device: str = "cuda", size: tuple[int, int] | None = None,
@@ -163,14 +186,50 @@ def engine_for_onnx(onnx_path: Path, precision: str = "fp16", device: str = "cud
                     max_size: tuple[int, int] | None = None, batch: tuple[int, int, int] = (1, 1, 1),
                     workspace_mib: int = DEFAULT_WORKSPACE_MIB, force: bool = False) -> Path:
     """The engine for `onnx_path` on this GPU: reused when its manifest matches, else (re)built under the lock."""
-    from vltseg_core.export.onnx_export import graph_metadata
+    from vltseg_core.export.onnx_export import default_size, graph_metadata
 
-    if size is None:  # a dynamic graph without a size: the preset's crop / test size, else the traced size
-        meta = graph_metadata(onnx_path)
-        test = meta.get("preset", {}).get("test", {})
-        size = tuple(test.get("crop_size") or test.get("size") or meta.get("export_size") or ()) or None
+    meta = graph_metadata(onnx_path)
+    if size is None and meta.get("dynamic"):  # fixed graphs take their own size
+        size = default_size(meta.get("preset", {}), traced=meta.get("export_size"))
     spec = engine_spec(onnx_path, precision, device, size, min_size, max_size, batch, workspace_mib)
     engine = engine_path or default_engine_path(onnx_path, spec)
-    metadata = {**graph_metadata(onnx_path), "onnx": str(onnx_path.resolve())}
-    return ensure_engine(engine, spec, lambda s: build_serialized_engine(onnx_path, s, timing_cache_path(engine, s)),
-                         metadata=metadata, force=force)
+    return ensure_engine(engine, spec,
+                         lambda s: build_serialized_engine(onnx_path, s, timing_cache_path(engine, s), device),
+                         metadata={**meta, "onnx": str(onnx_path.resolve())}, force=force)
+
+
+@dataclass
+class EngineAgreement:
+    """A fresh engine against the fp32 graph in ONNX Runtime on the same batch."""
+
+    precision: str
+    argmax_agreement: float
+    max_abs_diff: float
+    nonfinite: int
+
+    @property
+    def min_agreement(self) -> float:
+        return MIN_ENGINE_AGREEMENT[self.precision]
+
+    @property
+    def ok(self) -> bool:
+        return self.nonfinite == 0 and self.argmax_agreement >= self.min_agreement
+
+    def line(self) -> str:
+        return (f"{self.precision} engine vs ONNX Runtime: argmax agreement {100 * self.argmax_agreement:.3f}% "
+                f"(expected >= {100 * self.min_agreement:g}%), max |dp| {self.max_abs_diff:.2e}, "
+                f"non-finite {self.nonfinite}")
+
+
+def engine_agreement(ref: np.ndarray, got: np.ndarray, precision: str) -> EngineAgreement:
+    """Verdict on engine probabilities `got` against ONNX Runtime's `ref` (both (N,C,H,W))."""
+    if precision not in MIN_ENGINE_AGREEMENT:
+        raise VLTSegError(f"unknown TensorRT precision '{precision}' "
+                          f"(expected one of {', '.join(MIN_ENGINE_AGREEMENT)})")
+    if ref.shape != got.shape:
+        raise VLTSegError(f"engine output {got.shape} differs in shape from ONNX Runtime's {ref.shape} "
+                          "(expected the engine of this graph)")
+    finite = np.isfinite(got)
+    labels = np.where(finite, got, -1).argmax(1)
+    return EngineAgreement(precision, float((ref.argmax(1) == labels).mean()),
+                           float(np.abs(np.where(finite, got, 0) - ref).max()), int((~finite).sum()))
