@@ -119,7 +119,8 @@ def test_peak_rss_without_clear_refs_is_marked_cumulative(monkeypatch):
     assert peak["rss_mib"] > 0
     monkeypatch.setattr(bench, "reset_peak_rss", lambda pid="self": False)
     row = bench.LayerResult("predictor", "torch", (32, 48), [0.01, 0.02], 66.7, peak["rss_mib"])
-    report = bench.build_report([row], {"torch": {"backend": "torch"}}, "tiny-test", "cpu", "fp32", 1, 2, "vltseg bench")
+    report = bench.build_report([row], {"torch": {"backend": "torch"}}, "tiny-test", "cpu", "fp32", 1, 2,
+                                "vltseg bench")
     assert report["peak_rss"] == bench.CUMULATIVE_PEAK_RSS
     assert f"Peak RSS is {bench.CUMULATIVE_PEAK_RSS}" in bench.markdown_report(report)
 

@@ -84,4 +84,5 @@ def test_setup_skips_an_asset_whose_package_is_missing(monkeypatch, capsys):
     assert main(["setup"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [f"[setup] backbone path: {demo_backbone.weights_path()}",
-                   "[setup] demo bag: skipped ('no_such_package_vltseg' is not installed: pip install 'vltseg_ros[ros]')"]
+                   "[setup] demo bag: skipped ('no_such_package_vltseg' is not installed: "
+                   "pip install 'vltseg_ros[ros]')"]

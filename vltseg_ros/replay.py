@@ -183,7 +183,8 @@ def labels_from_topic(reader: Reader, topic: str) -> LabelSource:
             return source
         except BAG_READ_ERRORS as exc:
             raise VLTSegError(f"label topic '{topic}' of bag {reader.path} cannot be read past label "
-                              f"{len(source.by_key)} ({type(exc).__name__}: {exc}; expected an undamaged bag)") from None
+                              f"{len(source.by_key)} ({type(exc).__name__}: {exc}; expected an undamaged "
+                              f"bag)") from None
         try:
             msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
         except Exception as exc:  # noqa: BLE001 - whatever the deserializer raises means a damaged message
