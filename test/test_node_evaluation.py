@@ -1,10 +1,14 @@
 """The real node in evaluation mode, started the way the demo starts it (console script, params file, autostart):
 every frame is processed and nothing is lost, three cameras share one model in batches of at most two, use_sim_time
 is honoured, raw and compressed transports, every kind of bad input is skipped while the next good frame still
-works, and a configuration that cannot work ends the process with one clear line."""
+works, a batch failing inside the backend still accounts for its frames, and a configuration that cannot work ends
+the process with one clear line."""
+import time
+
 import cv2
 import numpy as np
 import pytest
+import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rosgraph_msgs.msg import Clock
@@ -13,6 +17,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from ros_helpers import (RELIABLE, Harness, diagnostics_values, frame, header, rgb_image, start_node,
                          stop_node, tiny_onnx)
 from vltseg_core.predictor import load_predictor
+from vltseg_ros.diagnostics import diagnostics_message
 from vltseg_ros.image_conversions import compressed_to_rgb
 
 SIM_NOW = 2000  # s: the /clock we publish; frame stamps are 1000 + index s
@@ -85,7 +90,8 @@ def test_three_cameras_in_batches_of_two_every_frame_bad_input_and_sim_time(node
     h.wait_for(lambda: values("cam0").get("skipped_bad_input") == "5" and
                all(values(cam).get("processed") == "12" for cam in pubs), 20, "diagnostics counting every frame")
     for cam in pubs:
-        assert values(cam)["dropped"] == "0" and values(cam)["processed"] == "12"
+        assert values(cam)["dropped"] == "0" and values(cam)["skipped_error"] == "0"
+        assert values(cam)["received"] == ("17" if cam == "cam0" else "12"), values(cam)
     batch_sizes = {kv.value for msg in diags for status in msg.status if status.name.endswith("model")
                    for kv in status.values if kv.key == "batch_size_max"}
     assert "2.0" in batch_sizes, f"frames of several cameras were never inferred together: {batch_sizes}"
@@ -146,3 +152,42 @@ def test_autostart_that_cannot_work_exits_with_one_clear_line(case, tmp_path):
     errors = [line for line in log.read_text().splitlines() if "ERROR" in line]
     assert len(errors) == 1 and all(w in errors[0] for w in words), log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def test_a_batch_failing_with_an_internal_error_accounts_for_its_frames():
+    """In this process (no backend failure can be provoked from outside): a batch that raises something other than
+    bad input is logged and its frames are counted as skipped_error, so every received frame is still accounted
+    for, and the worker carries on."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from vltseg_ros.node import SegmentationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [Parameter("model", value=str(tiny_onnx())), Parameter("backend", value="onnxruntime"),
+                 Parameter("mode", value="evaluation"), Parameter("cameras", value=["a", "b"])]
+    node = SegmentationNode(context=context, parameter_overrides=overrides)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+
+        def broken(images):
+            raise RuntimeError("the backend lost its device")
+        node._predictor.predict_batch = broken
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        for cam in node._cameras:
+            for i in range(3):
+                node._on_image(cam)(rgb_image(frame(i), i, cam.name))
+        deadline = time.monotonic() + 30
+        while sum(c.skipped_error for c in node._stats.cameras.values()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        msg = diagnostics_message(node._stats, "n", 1.0, Time())
+        for status in msg.status[1:]:
+            values = {kv.key: kv.value for kv in status.values}
+            assert (values["received"], values["skipped_error"], values["processed"]) == ("3", "3", "0"), values
+        assert 3 <= node._stats.errors <= 6  # batches: one to two frames each
+        assert node._worker.is_alive()
+    finally:
+        node._stop_processing()
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -142,13 +142,13 @@ def test_lifecycle_outputs_lazy_work_and_latest_frame_wins(live, onnx_model):
 
     def settled() -> bool:
         v = diagnostics_values(diags, "/image")
-        return bool(v) and int(v["received"]) == sum(int(v[k]) for k in ("processed", "dropped",
-                                                                           "skipped_bad_input", "unwatched"))
+        return bool(v) and int(v["received"]) == sum(int(v[k]) for k in (
+            "processed", "dropped", "skipped_bad_input", "skipped_error", "unwatched"))
     h.wait_for(settled, 20, "counters to add up (received = processed + dropped + skipped + unwatched)")
     v = diagnostics_values(diags, "/image")
     burst_masks = [m for m in outputs["mask"] if m.header.stamp.sec >= 1100]
     assert int(v["dropped"]) > 0 and len(burst_masks) < len(burst), v
-    assert int(v["skipped_bad_input"]) == 1
+    assert int(v["skipped_bad_input"]) == 1 and int(v["skipped_error"]) == 0
     model_status = [s for s in diags[-1].status if s.name.endswith("model")][0]
     keys = {kv.key for kv in model_status.values}
     assert {"backend", "onnx_sha256", "latency_ms/decode", "latency_ms/inference", "latency_ms/publish"} <= keys

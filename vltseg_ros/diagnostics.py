@@ -1,7 +1,8 @@
 """Counters and latencies of the segmentation node, and the /diagnostics message built from them.
 
-Counters are cumulative (received, processed, dropped, skipped, unwatched); rates and latencies cover the last
-diagnostics period, so a glance at `/diagnostics` shows what happens now.
+Counters are cumulative and each received frame ends in exactly one of them (processed, dropped, skipped,
+skipped_error, unwatched) once handled; rates and latencies cover the last diagnostics period, so a glance at
+`/diagnostics` shows what happens now.
 """
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ class CameraStats:
     processed: int = 0
     dropped: int = 0  # replaced by a newer frame before the worker got to it (live mode)
     skipped: int = 0  # bad input or a frame the model cannot take
+    skipped_error: int = 0  # in a batch that failed with something else (a bug, a backend failure; logged as errors)
     unwatched: int = 0  # not processed because nobody subscribed to any output (live mode)
     ages: deque = field(default_factory=_window)  # header stamp -> publish, node clock (sim time aware), s
     queue_latencies: deque = field(default_factory=_window)  # receive -> publish, steady clock, s
     last_received: int = 0
     last_processed: int = 0
-    last_skipped: int = 0
+    last_skipped: int = 0  # skipped + skipped_error at the last message
 
 
 @dataclass
@@ -75,13 +77,14 @@ def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) 
     for topic, cam in stats.cameras.items():
         in_rate = (cam.received - cam.last_received) / period
         out_rate = (cam.processed - cam.last_processed) / period
-        level = DiagnosticStatus.WARN if cam.skipped > cam.last_skipped else DiagnosticStatus.OK
-        cam.last_received, cam.last_processed, cam.last_skipped = cam.received, cam.processed, cam.skipped
+        skipped = cam.skipped + cam.skipped_error
+        level = DiagnosticStatus.WARN if skipped > cam.last_skipped else DiagnosticStatus.OK
+        cam.last_received, cam.last_processed, cam.last_skipped = cam.received, cam.processed, skipped
         status = DiagnosticStatus(name=f"{node_name}: {topic}", level=level, hardware_id=topic,
                                   message=f"{out_rate:.1f} of {in_rate:.1f} frames/s segmented")
         status.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("received", cam.received), ("processed", cam.processed), ("dropped", cam.dropped),
-            ("skipped_bad_input", cam.skipped), ("unwatched", cam.unwatched),
+            ("skipped_bad_input", cam.skipped), ("skipped_error", cam.skipped_error), ("unwatched", cam.unwatched),
             ("input_rate_hz", f"{in_rate:.2f}"), ("output_rate_hz", f"{out_rate:.2f}"),
             ("input_age_ms_max", _summary(cam.ages.copy(), np.max)), ("input_age_ms_mean", _summary(cam.ages)),
             ("receive_to_publish_ms_mean", _summary(cam.queue_latencies)))]

@@ -54,6 +54,7 @@ class Frame:
     camera: Camera
     msg: Image | CompressedImage
     received: float  # time.monotonic()
+    counted: bool = False  # in exactly one counter (processed, skipped, unwatched...) once handled
 
 
 @dataclass
@@ -264,7 +265,10 @@ class SegmentationNode(LifecycleNode):
                     self._process(batch)
                 except Exception as exc:  # noqa: BLE001 - one failing batch must not end processing for good
                     self._stats.errors += 1
-                    self.get_logger().error(f"{len(batch)} frame(s) failed: {type(exc).__name__}: {exc}",
+                    failed = [frame for frame in batch if not frame.counted]
+                    for frame in failed:
+                        self._count(frame, "skipped_error")
+                    self.get_logger().error(f"{len(failed)} frame(s) skipped: {_reason(exc)}",
                                             throttle_duration_sec=max(self._param("warn_throttle"), 1e-3))
 
     def _take_batch(self, limit: int) -> list[Frame]:
@@ -279,6 +283,13 @@ class SegmentationNode(LifecycleNode):
                 self._next_camera = (index + 1) % count
         return batch
 
+    def _count(self, frame: Frame, counter: str) -> None:
+        """Count a handled frame in exactly one counter, so per camera received = processed + dropped + skipped +
+        skipped_error + unwatched once its queue is empty."""
+        stats = self._stats.camera(frame.camera.input_topic)
+        setattr(stats, counter, getattr(stats, counter) + 1)
+        frame.counted = True
+
     def _wanted(self, cam: Camera) -> set[str]:
         return {out for out in OUTPUTS if cam.publishers[out].get_subscription_count() > 0}
 
@@ -289,16 +300,15 @@ class SegmentationNode(LifecycleNode):
         live = self._param("mode") == "live"
         decoded: list[tuple[Frame, np.ndarray]] = []
         for frame in batch:
-            stats = self._stats.camera(frame.camera.input_topic)
             if live and not self._wanted(frame.camera):
-                stats.unwatched += 1  # lazy: nobody listens, so no decode and no inference
+                self._count(frame, "unwatched")  # lazy: nobody listens, so no decode and no inference
                 continue
             start = time.monotonic()
             try:
                 convert = compressed_to_rgb if isinstance(frame.msg, CompressedImage) else image_to_rgb
                 rgb = convert(frame.msg, self._param("max_image_pixels"), frame.camera.input_topic)
             except VLTSegError as exc:
-                stats.skipped += 1
+                self._count(frame, "skipped")
                 self._warn(f"skipped frame: {exc}")
                 continue
             self._stats.stage("decode", time.monotonic() - start)
@@ -310,7 +320,7 @@ class SegmentationNode(LifecycleNode):
             predictions = self._predictor.predict_batch([rgb for _, rgb in decoded])
         except VLTSegError as exc:
             for frame, _ in decoded:
-                self._stats.camera(frame.camera.input_topic).skipped += 1
+                self._count(frame, "skipped")
             self._warn(f"skipped {len(decoded)} frame(s): {exc}")
             return
         self._stats.batch_sizes.append(len(decoded))
@@ -340,8 +350,8 @@ class SegmentationNode(LifecycleNode):
             cam.publishers["camera_info"].publish(camera_info_for(cam.camera_info, header, *rgb.shape[:2]))
         now = time.monotonic()
         self._stats.stage("publish", now - start)
+        self._count(frame, "processed")
         stats = self._stats.camera(cam.input_topic)
-        stats.processed += 1
         stats.ages.append((self.get_clock().now().nanoseconds - Time.from_msg(header.stamp).nanoseconds)
                           / 1e9)
         stats.queue_latencies.append(now - frame.received)
