@@ -44,9 +44,10 @@ LIVE_INPUT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Re
                         durability=DurabilityPolicy.VOLATILE)
 EVALUATION_INPUT = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.VOLATILE)
-# Reliable publishers match best-effort and reliable subscribers alike.
+# Reliable publishers match best-effort and reliable subscribers alike; keep-all so a slow recorder of an
+# evaluation loses nothing.
 LIVE_OUTPUT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
-EVALUATION_OUTPUT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+EVALUATION_OUTPUT = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @dataclass
