@@ -9,12 +9,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import String
 
 from ros_helpers import (BEST_EFFORT, RELIABLE, Harness, diagnostics_values, frame, rgb_image,
                          start_node, stop_node, tiny_onnx)
 from vltseg_core.predictor import load_predictor
 from vltseg_ros.image_conversions import image_to_rgb
+from vltseg_ros.label_info import label_info_type
 
 MAX = 1 << 24
 
@@ -42,18 +42,27 @@ def as_array(msg: Image) -> np.ndarray:
     return arr[..., 0] if channels == 1 else arr
 
 
+def label_names(msg) -> list[str]:
+    """Class names by id from whichever type the node publishes: vision_msgs/LabelInfo on a ROS 2 install, else
+    std_msgs/String holding the class table as YAML."""
+    if hasattr(msg, "class_map"):
+        assert [c.class_id for c in msg.class_map] == list(range(len(msg.class_map)))
+        return [c.class_name for c in msg.class_map]
+    return [c["name"] for c in yaml.safe_load(msg.data)["classes"]]
+
+
 def test_lifecycle_outputs_lazy_work_and_latest_frame_wins(live, onnx_model):
     h = live
     assert h.state() == "unconfigured"
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    labels = h.collect(String, "segmentation/label_info", latched)
+    labels = h.collect(label_info_type(), "segmentation/label_info", latched)
     diags = h.collect(DiagnosticArray, "/diagnostics")
     assert h.transition(Transition.TRANSITION_CONFIGURE)
     assert h.state() == "inactive"
     h.wait_for(lambda: labels, 20, "the latched label info")
-    table = yaml.safe_load(labels[-1].data)
-    assert len(table["classes"]) == 19 and table["classes"][0]["name"] == "road"
-    assert h.parameter("class_names") == [c["name"] for c in table["classes"]]
+    names = label_names(labels[-1])
+    assert len(names) == 19 and names[0] == "road"
+    assert h.parameter("class_names") == names
 
     image_pub = h.node.create_publisher(Image, "image", BEST_EFFORT)
     info_pub = h.node.create_publisher(CameraInfo, "camera_info", RELIABLE)
