@@ -77,3 +77,15 @@ def test_config_holds_the_class_table_without_duplicating_it(repo_root):
     table = repo_root / "config" / "cityscapes_classes.yaml"
     assert table.is_symlink() and table.resolve() == repo_root / "vltseg_core" / "configs" / "classes" / \
         "cityscapes.yaml"
+
+
+def test_replay_plays_the_bag_once_the_node_is_active():
+    """A fixed timer raced the model load; the bag must start from the node's transition to 'active'."""
+    tree = parse(LAUNCH_DIR / "replay.launch.py")
+    handlers = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") ==
+                "OnStateTransition" and any(kw.arg == "goal_state" and getattr(kw.value, "value", None) == "active"
+                                            for kw in n.keywords)]
+    assert len(handlers) == 1, "replay.launch.py should start playback from OnStateTransition(goal_state='active')"
+    plays = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "ExecuteProcess"]
+    inside = [n for n in ast.walk(handlers[0]) if n in plays]
+    assert plays and inside == plays, "every process of replay.launch.py must start from the 'active' handler"
