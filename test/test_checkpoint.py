@@ -10,9 +10,7 @@ from vltseg_core.checkpoint import load_backbone_weights, load_checkpoint, save_
 from vltseg_core.errors import VLTSegError
 from vltseg_core.models import build_model, load_preset
 from vltseg_core.models.backbone import ViTBackbone
-
-TINY_M2F_HEAD = {"type": "mask2former", "hidden_dim": 64, "num_queries": 10, "dec_layers": 3, "dec_ffn_dim": 128,
-                 "enc_layers": 2, "enc_ffn_dim": 128}
+from model_helpers import tiny_mask2former_preset
 
 
 class NotATensor:
@@ -40,8 +38,7 @@ def test_saved_and_reloaded_checkpoint_predicts_identically(tiny_checkpoint):
 
 def test_checkpoint_of_another_architecture_is_one_clear_error(tiny_checkpoint):
     _, path = tiny_checkpoint
-    preset = load_preset("tiny-test")
-    preset["head"] = TINY_M2F_HEAD
+    preset = tiny_mask2former_preset()
     with pytest.raises(VLTSegError, match=r"does not match the model architecture: \d+ missing keys \(head\.pixel_decoder.*"
                                           r"\d+ unexpected keys \(head\.classifier"):
         load_checkpoint(path, model=build_model(preset))

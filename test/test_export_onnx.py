@@ -17,6 +17,7 @@ from vltseg_core.export import onnx_export
 from vltseg_core.export.fp16_check import check_fp16
 from vltseg_core.export.onnx_export import check_parity, export_onnx, graph_metadata
 from vltseg_core.models import build_model
+from model_helpers import tiny_mask2former_preset
 
 
 def test_cli_dynamic_export_with_parity_and_fp16_check(tmp_path, camvid_root):
@@ -154,3 +155,16 @@ def test_demo_model_export_parity_and_fp16_check(tmp_path, camvid_root):
     assert parity[0].argmax_agreement > 0.999
     report = check_fp16(path, frames, labels, class_ids)
     assert report.nonfinite == 0 and report.argmax_agreement > 0.99 and abs(report.miou_delta) < 0.01
+
+
+def test_mask2former_exports_dynamic_with_parity(tmp_path):
+    """The paper's head (plain-PyTorch deformable attention, masked attention) is one ONNX graph with standard
+    ops only (no custom plugins for TensorRT) and matches PyTorch at the traced and at another size."""
+    torch.manual_seed(0)
+    model = build_model(tiny_mask2former_preset()).eval()
+    path = export_onnx(model, tmp_path / "m2f.onnx", (128, 192), dynamic=True)
+    graph = onnx.load(str(path))
+    assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}
+    assert "GridSample" in {node.op_type for node in graph.graph.node}
+    results = check_parity(model, path, [(128, 192), (160, 96)])
+    assert all(r.argmax_agreement > 0.999 for r in results), results

@@ -7,10 +7,9 @@ from vltseg_core.errors import VLTSegError
 from vltseg_core.models import build_model, list_presets, load_preset
 from vltseg_core.models.msdeform_attn import ms_deform_attn_sample
 from vltseg_core.predictor import fit_size
+from model_helpers import tiny_mask2former_preset
 
 PAPER_PRESETS = ["eva02-l14-m2f", "eva02-b16-m2f", "clip-l14-m2f", "clip-b16-m2f"]
-TINY_M2F_HEAD = {"type": "mask2former", "hidden_dim": 64, "num_queries": 10, "dec_layers": 3, "dec_ffn_dim": 128,
-                 "enc_layers": 2, "enc_ffn_dim": 128}
 
 
 def assert_probabilities(probs: torch.Tensor, n: int, h: int, w: int, c: int = 19) -> None:
@@ -65,8 +64,7 @@ def test_tiny_preset_contract():
 
 def test_mask2former_raw_outputs_and_gradients():
     torch.manual_seed(0)
-    preset = load_preset("tiny-test")
-    preset["head"] = TINY_M2F_HEAD
+    preset = tiny_mask2former_preset()
     model = build_model(preset, num_classes=11)
     out = model.forward_train(torch.rand(2, 3, 128, 192) * 255)
     assert out["pred_logits"].shape == (2, 10, 12)
