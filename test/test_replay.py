@@ -241,9 +241,8 @@ def test_replay_without_rosbags_is_one_line(tmp_path, monkeypatch, capsys):
         monkeypatch.delitem(sys.modules, name, raising=False)
     rc = cli_main(["replay", str(tmp_path / "in"), "--model", "tiny-test", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err == ("vltseg replay: error: the Python package 'rosbags' is not installed (expected the "
-                               "extra of this command: pip install 'vltseg_ros[all]' installs every extra, see "
-                               "setup.py)")
+    assert rc == 2 and err == ("vltseg replay: error: the Python package 'rosbags' is not installed (expected with "
+                               "the 'ros' extra: pip install 'vltseg_ros[ros]')")
 
 
 def test_replay_perturbed_labels_give_exact_iou(tmp_path, predictor):

@@ -18,6 +18,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("vltseg_ros.commands.replay", "run a model over a rosbag2 and write masks, report and plots"),
     "demo": ("vltseg_ros.commands.demo", "the one-command demo: the real node on real dashcam footage"),
 }
+# Import name -> the setup.py extra that installs it (what a missing-package error tells the user to install).
+EXTRA_OF: dict[str, str] = {
+    **dict.fromkeys(("scipy", "tensorboard", "cityscapesscripts"), "train"),
+    **dict.fromkeys(("onnxruntime", "onnxscript", "onnxconverter_common"), "export"),
+    **dict.fromkeys(("rosbags", "rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "lifecycle_msgs"), "ros"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         package = (exc.name or "").partition(".")[0]
         if package in ("vltseg_core", "vltseg_ros"):
             raise  # our own module missing is a broken install, not user input
-        print(f"vltseg {name}: error: the Python package '{package}' is not installed (expected the extra of "
-              f"this command: pip install 'vltseg_ros[all]' installs every extra, see setup.py)", file=sys.stderr)
+        extra = EXTRA_OF.get(package, "all")
+        print(f"vltseg {name}: error: the Python package '{package}' is not installed (expected with the "
+              f"'{extra}' extra: pip install 'vltseg_ros[{extra}]')", file=sys.stderr)
         return 2
     except (VLTSegError, OSError) as exc:  # OSError: unreadable / unwritable files and folders the user named
         print(f"vltseg {name}: error: {exc}", file=sys.stderr)
