@@ -141,22 +141,28 @@ def test_lifecycle_outputs_lazy_work_and_latest_frame_wins(live, onnx_model):
     assert h.transition(Transition.TRANSITION_ACTIVATE)
     h.wait_matched(image_pub, "image after re-activation")
 
-    # A camera faster than the model (100 Hz, larger frames): older frames are replaced in the node's queue
-    # (counted as dropped), the newest one is always segmented, and every received frame is accounted for.
-    burst = [rgb_image(frame(100 + i, 240, 320), 100 + i) for i in range(40)]
-    for msg in burst:
-        image_pub.publish(msg)
-        h.spin_for(0.01)
-    h.wait_for(lambda: any(m.header == burst[-1].header for m in outputs["mask"]), 30, "the newest burst frame")
-
+    # A camera faster than the model (200 Hz, larger frames than one inference can keep up with): older frames are
+    # replaced in the node's queue (counted as dropped), the newest one is always segmented, and every received
+    # frame is accounted for. How fast frames reach the node over DDS depends on the machine's load, so up to three
+    # bursts are sent until one outpaces the model.
     def settled() -> bool:
         v = diagnostics_values(diags, "/image")
-        return bool(v) and int(v["received"]) == sum(int(v[k]) for k in (
-            "processed", "dropped", "skipped_bad_input", "skipped_error", "unwatched"))
-    h.wait_for(settled, 20, "counters to add up (received = processed + dropped + skipped + unwatched)")
-    v = diagnostics_values(diags, "/image")
+        return bool(v) and int(v["received"]) == sum(int(v[k]) for k in ("processed", "dropped", "skipped_bad_input",
+                                                                           "skipped_error", "unwatched"))
+    sent_in_bursts = 0
+    for attempt in range(3):
+        burst = [rgb_image(frame(100 + i, 240, 320), 100 + 40 * attempt + i) for i in range(40)]
+        for msg in burst:
+            image_pub.publish(msg)
+            h.spin_for(0.005)
+        sent_in_bursts += len(burst)
+        h.wait_for(lambda: any(m.header == burst[-1].header for m in outputs["mask"]), 30, "the newest burst frame")
+        h.wait_for(settled, 20, "counters to add up (received = processed + dropped + skipped + unwatched)")
+        v = diagnostics_values(diags, "/image")
+        if int(v["dropped"]) > 0:
+            break
     burst_masks = [m for m in outputs["mask"] if m.header.stamp.sec >= 1100]
-    assert int(v["dropped"]) > 0 and len(burst_masks) < len(burst), v
+    assert int(v["dropped"]) > 0 and len(burst_masks) < sent_in_bursts, v
     assert int(v["skipped_bad_input"]) == 1 and int(v["skipped_error"]) == 0
     model_status = [s for s in diags[-1].status if s.name.endswith("model")][0]
     keys = {kv.key for kv in model_status.values}
