@@ -45,7 +45,7 @@ def test_demo_end_to_end_on_a_short_clip(tmp_path, demo_bag, capsys):
     assert node["exit_code"] == 0 and node["identity"]["model"] == "demo"
     warm = node["warm_up_frames"]
     assert warm >= 1 and node["counters"] == {"received": 3 + warm, "processed": 3 + warm, "dropped": 0,
-                                              "skipped_bad_input": 0}
+                                              "skipped_bad_input": 0, "skipped_error": 0}
     assert "-p mode:=evaluation" in node["command"] and "-p use_sim_time:=true" in node["command"]
     lat = report["latency_ms"]["end_to_end"]
     assert lat["n"] == 3 and 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
@@ -63,7 +63,7 @@ def test_demo_end_to_end_on_a_short_clip(tmp_path, demo_bag, capsys):
     assert len(pngs) == 2 and all(cv2.imread(p).shape == (540 + 28, 960, 3) for p in pngs)  # + class legend
     assert cv2.imread(report["files"]["latency_histogram"]) is not None
     md = (out / "report.md").read_text()
-    assert "3 played, 3 segmented, 0 skipped by the node (bad input), 0 lost" in md
+    assert "3 played, 3 segmented, 0 skipped by the node (bad input or a failed batch), 0 lost" in md
     for path in [video, *pngs, report["files"]["report_md"]]:
         assert path in printed  # the person is told where everything is
 

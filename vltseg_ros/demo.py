@@ -32,6 +32,7 @@ from vltseg_ros.replay import (COMPRESSED, IMAGE, IMAGE_TYPES, TYPESTORE, VideoS
 OUTPUTS = ("mask", "color", "confidence", "overlay")
 NODE_NAME = "segmentation_node"
 DIAGNOSTICS_PERIOD = 0.5
+SKIP_COUNTERS = ("skipped_bad_input", "skipped_error")  # the node's counts of frames it took and could not segment
 WARMUP_FRAME_ID = "vltseg_demo_warmup"
 ANSWER_GRACE = 2.0  # seconds to wait for the last answers once the node reports every frame as done
 
@@ -180,7 +181,7 @@ class Player:
             for status in msg.status:
                 if status.name.startswith(self.node_prefix) and not status.name.endswith(": model"):
                     values = {kv.key: kv.value for kv in status.values}
-                    handled = int(values.get("processed", 0)) + int(values.get("skipped_bad_input", 0))
+                    handled = sum(int(values.get(k, 0)) for k in ("processed", *SKIP_COUNTERS))
                     if handled > self.handled:
                         self.handled, self.progress_at = handled, time.monotonic()
             self.answered.notify_all()
@@ -328,7 +329,7 @@ def node_diagnostics(messages: list, namespace: str) -> dict:
                         stages.setdefault(key.split("/", 1)[1], []).append(float(value))
             elif status.name.startswith(f"{node}: "):
                 camera = {k: v for k, v in values.items() if k in ("received", "processed", "dropped",
-                                                                   "skipped_bad_input")}
+                                                                   *SKIP_COUNTERS)}
     return {"identity": model, "counters": {k: int(v) for k, v in camera.items()},
             "stage_latency_ms_median_of_period_means": {k: float(np.median(v)) for k, v in stages.items()}}
 
@@ -399,7 +400,7 @@ def _write_outputs(opts: DemoOptions, bag: Path, out: Path, topic: str, msgtype:
     class_names = dict(enumerate(table.names)) if table is not None else {}
     total_px = sum(shares.values()) or 1
     latencies = {"end_to_end": [f.outputs["mask"][0] - f.published for f in answered]}
-    skipped = diag["counters"].get("skipped_bad_input", 0)  # the node's own count of frames it could not decode
+    skipped = sum(diag["counters"].get(k, 0) for k in SKIP_COUNTERS)  # frames the node counted and did not segment
     report = {
         "bag": str(bag), "topic": topic,
         "clip": {"start_s": opts.start, "seconds": opts.seconds, "fps": opts.fps,
@@ -465,7 +466,7 @@ def demo_markdown(report: dict) -> str:
              f"Node: `{node['command']}` (ready after {node['startup_s']:.1f} s; log `{node['log']}`).", "",
              f"Model: `{json.dumps(node['identity'])}`", "",
              f"Frames: {f['played']} played, {f['segmented']} segmented, {f['skipped_by_node']} skipped by the node "
-             f"(bad input), {f['lost']} lost; "
+             f"(bad input or a failed batch), {f['lost']} lost; "
              f"{f['outputs_with_input_header']} answers carry exactly the input header. "
              f"Throughput {report['throughput_fps']:.2f} frames/s.", ""]
     if e2e.get("n"):
