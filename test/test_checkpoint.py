@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from vltseg_core.checkpoint import load_backbone_weights, load_checkpoint, save_checkpoint
 from vltseg_core.errors import VLTSegError
-from vltseg_core.models import build_model, load_preset
+from vltseg_core.models import build_model
 from vltseg_core.models.backbone import ViTBackbone
 from model_helpers import tiny_mask2former_preset
 
@@ -71,7 +71,7 @@ def test_sidecar_missing_a_key_is_one_clear_error(tmp_path, tiny_checkpoint, key
     meta = json.loads(path.with_suffix(".json").read_text())
     del meta[key]
     copy.with_suffix(".json").write_text(json.dumps(meta))
-    with pytest.raises(VLTSegError, match=rf"copy.json has (no preset|num_classes None) \(expected ") as info:
+    with pytest.raises(VLTSegError, match=r"copy.json has (no preset|num_classes None) \(expected ") as info:
         load_checkpoint(copy)
     assert "\n" not in str(info.value)
 

@@ -17,7 +17,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -31,6 +30,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from vltseg_core.errors import VLTSegError
+from vltseg_core.visualize import confidence_mono8, overlay
 from vltseg_ros.diagnostics import NodeStats, diagnostics_message
 from vltseg_ros.image_conversions import array_to_image, compressed_to_rgb, image_to_rgb
 from vltseg_ros.label_info import LATCHED, label_info_message, label_info_type
@@ -337,16 +337,15 @@ class SegmentationNode(LifecycleNode):
         if "mask" in wanted or self._param("mode") != "live":  # evaluation: every mask, listened to or not
             cam.publishers["mask"].publish(array_to_image(prediction.labels, "mono8", header))
         if "confidence" in wanted:
-            confidence = np.clip(prediction.confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            cam.publishers["confidence"].publish(array_to_image(confidence, "mono8", header))
+            cam.publishers["confidence"].publish(array_to_image(confidence_mono8(prediction.confidence), "mono8",
+                                                                header))
         if wanted & {"color", "overlay"}:
             color = self._table.colorize(prediction.labels)
             if "color" in wanted:
                 cam.publishers["color"].publish(array_to_image(color, "rgb8", header))
             if "overlay" in wanted:
-                alpha = self._param("overlay_alpha")
-                overlay = cv2.addWeighted(color, alpha, rgb, 1.0 - alpha, 0.0)
-                cam.publishers["overlay"].publish(array_to_image(overlay, "rgb8", header))
+                blended = overlay(rgb, color, self._param("overlay_alpha"))
+                cam.publishers["overlay"].publish(array_to_image(blended, "rgb8", header))
         if cam.camera_info is not None:
             cam.publishers["camera_info"].publish(camera_info_for(cam.camera_info, header, *rgb.shape[:2]))
         now = time.monotonic()

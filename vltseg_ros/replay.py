@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from vltseg_core.data.label_maps import LabelMap, load_label_map
 from vltseg_core.errors import VLTSegError
+from vltseg_core.visualize import confidence_mono8, overlay
 from vltseg_ros.image_conversions import compressed_to_rgb, image_to_rgb
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
@@ -35,7 +36,6 @@ IMAGE_TYPES = (IMAGE, COMPRESSED)
 OUTPUTS = ("mask", "color", "confidence")  # published under <camera namespace>/segmentation/<name>
 STAGES = ("decode", "preprocess", "inference", "postprocess", "write", "total")
 MAX_PIXELS = 64_000_000
-OVERLAY_ALPHA = 0.5
 # What a damaged storage file raises while it is being read (sqlite3 and the mcap parser).
 BAG_READ_ERRORS = (ReaderError, sqlite3.Error, struct.error, EOFError, OSError, ValueError, KeyError, AssertionError,
                    OverflowError, IndexError)
@@ -104,21 +104,11 @@ def image_msg(array: np.ndarray, encoding: str, header):
                       is_bigendian=0, step=array.shape[1] * channels, data=array.reshape(-1))
 
 
-def confidence_image(confidence: np.ndarray) -> np.ndarray:
-    """[0, 1] float confidence -> mono8 0..255, rounded like the node's segmentation/confidence."""
-    return np.clip(confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
 def decode(msgtype: str, msg, where: str) -> np.ndarray:
     """Image / CompressedImage (rosbags message) -> HxWx3 uint8 RGB, through the node's own conversions."""
     if msgtype == COMPRESSED:
         return compressed_to_rgb(msg, MAX_PIXELS, where)
     return image_to_rgb(msg, MAX_PIXELS, where)
-
-
-def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """The colour mask blended over the camera image (both HxWx3 RGB)."""
-    return cv2.addWeighted(rgb, 1.0 - alpha, color, alpha, 0.0)
 
 
 # -- labels ---------------------------------------------------------------------------------------------------
@@ -402,7 +392,7 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
                     continue
                 t2 = time.perf_counter()
                 color = palette[pred.labels]
-                confidence = confidence_image(pred.confidence)
+                confidence = confidence_mono8(pred.confidence)
                 for name, array, encoding in (("mask", pred.labels, "mono8"), ("color", color, "rgb8"),
                                               ("confidence", confidence, "mono8")):
                     writer.write(outs[conn.topic][name], timestamp,

@@ -9,6 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vltseg_core.errors import VLTSegError
+from vltseg_core.visualize import overlay
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -69,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
         rgb = read_rgb(path)
         prediction = predictor.predict(rgb)
         colour = predictor.class_table.colorize(prediction.labels)
-        overlay = (rgb * (1 - args.alpha) + colour * args.alpha).round().astype(np.uint8)
+        blended = overlay(rgb, colour, args.alpha)
         target = args.out / name
         target.parent.mkdir(parents=True, exist_ok=True)
         write_png(Path(str(target) + "_labels.png"), prediction.labels)
-        write_png(Path(str(target) + "_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        write_png(Path(str(target) + "_overlay.png"), cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
     return 0
 
 
