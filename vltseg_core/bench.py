@@ -82,12 +82,12 @@ class BenchSetup:
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """'360x480,512x1024' -> [(360, 480), (512, 1024)] (height x width)."""
-    sizes = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        match = re.fullmatch(r"(\d+)[xX](\d+)", item)
-        if not match or min(int(match[1]), int(match[2])) < 1:
-            raise VLTSegError(f"bad input size '{item}' in --sizes (expected HEIGHTxWIDTH, e.g. 360x480,512x1024)")
-        sizes.append((int(match[1]), int(match[2])))
+    from vltseg_core.export.onnx_export import parse_size
+
+    try:
+        sizes = [parse_size(item) for item in filter(None, (s.strip() for s in text.split(",")))]
+    except VLTSegError as exc:
+        raise VLTSegError(f"--sizes: {exc}") from None
     if not sizes:
         raise VLTSegError("--sizes is empty (expected HEIGHTxWIDTH[,HEIGHTxWIDTH...], e.g. 360x480)")
     return sizes
