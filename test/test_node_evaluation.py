@@ -191,3 +191,35 @@ def test_a_batch_failing_with_an_internal_error_accounts_for_its_frames():
         node._stop_processing()
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_cleanup_lets_the_model_be_freed():
+    """cleanup drops every reference the node holds to the predictor and its backend, so their memory (GPU memory on
+    a vehicle: the node then calls torch.cuda.empty_cache) can be reclaimed; configure loads a fresh one."""
+    import weakref
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from vltseg_ros.node import SegmentationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [Parameter("model", value=str(tiny_onnx())), Parameter("backend", value="onnxruntime"),
+                 Parameter("mode", value="evaluation")]
+    node = SegmentationNode(context=context, parameter_overrides=overrides)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        node._on_image(node._cameras[0])(rgb_image(frame(1), 1))  # one real frame through the worker
+        deadline = time.monotonic() + 30
+        while not node._stats.camera(node._cameras[0].input_topic).processed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        predictor, backend = weakref.ref(node._predictor), weakref.ref(node._predictor.backend)
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert predictor() is None and backend() is None
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node._predictor is not None
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
