@@ -98,6 +98,10 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.log, self.proc = node_log, proc
+        # the service clients exist from the start, so discovery has matched them before the first call
+        self._clients = {name: self.node.create_client(srv_type, name) for srv_type, name in (
+            (GetState, f"/{NODE_NAME}/get_state"), (ChangeState, f"/{NODE_NAME}/change_state"),
+            (GetParameters, f"/{NODE_NAME}/get_parameters"))}
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -129,16 +133,34 @@ class Harness:
         self.node.create_subscription(msg_type, topic, received.append, qos)
         return received
 
-    def _call(self, srv_type, name: str, request, timeout: float = 60.0):
-        client = self.node.create_client(srv_type, name)
+    def _client(self, srv_type, name: str):
+        """One client per service for the harness's life: a fresh client's first request can go out before the
+        server's reply writer has matched it (DDS discovery), and that reply is then lost."""
+        if name not in self._clients:
+            self._clients[name] = self.node.create_client(srv_type, name)
+        client = self._clients[name]
         self.wait_for(client.service_is_ready, 30, f"service {name}")
-        future = client.call_async(request)
-        self.wait_for(future.done, timeout, f"reply of {name}")
-        self.node.destroy_client(client)
-        return future.result()
+        return client
+
+    def _call(self, srv_type, name: str, request, timeout: float = 60.0, retry_every: float | None = None):
+        """A service call; `retry_every` seconds re-sends a request that is safe to repeat (queries) when its reply
+        was lost to discovery."""
+        client = self._client(srv_type, name)
+        deadline = time.monotonic() + timeout
+        while True:
+            future = client.call_async(request)
+            wait = min(retry_every or timeout, max(deadline - time.monotonic(), 0.1))
+            try:
+                self.wait_for(future.done, wait, f"reply of {name}")
+                return future.result()
+            except AssertionError:
+                client.remove_pending_request(future)
+                if retry_every is None or time.monotonic() >= deadline or self.proc.poll() is not None:
+                    raise
 
     def state(self) -> str:
-        return self._call(GetState, f"/{NODE_NAME}/get_state", GetState.Request()).current_state.label
+        reply = self._call(GetState, f"/{NODE_NAME}/get_state", GetState.Request(), retry_every=5.0)
+        return reply.current_state.label
 
     def transition(self, transition_id: int) -> bool:
         request = ChangeState.Request(transition=Transition(id=transition_id))
@@ -146,7 +168,8 @@ class Harness:
 
     def parameter(self, name: str):
         """A parameter of the node under test, through its get_parameters service."""
-        reply = self._call(GetParameters, f"/{NODE_NAME}/get_parameters", GetParameters.Request(names=[name]))
+        reply = self._call(GetParameters, f"/{NODE_NAME}/get_parameters", GetParameters.Request(names=[name]),
+                           retry_every=5.0)
         return Parameter.from_parameter_msg(Parameter_msg(name=name, value=reply.values[0])).value
 
     def wait_matched(self, publisher, what: str, timeout: float = 30) -> None:
