@@ -438,15 +438,22 @@ def plot_latency(rows: list[dict], path: Path) -> None:
     series: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         series.setdefault((row["layer"], row["backend"]), []).append(row)
+    layers = list(dict.fromkeys(layer for layer, _ in series))
+    backends = list(dict.fromkeys(backend for _, backend in series))
+    styles = ["-", "--", ":", "-."]
+    ticks: dict[float, str] = {}
     for (layer, backend), points in series.items():
         points.sort(key=lambda r: r["size_hw"][0] * r["size_hw"][1])
         mpix = [r["size_hw"][0] * r["size_hw"][1] / 1e6 for r in points]
         median = [r["median_ms"] if r["median_ms"] is not None else 1e3 / r["frames_per_s"] for r in points]
         upper = [max(0.0, (r["p95_ms"] or m) - m) for r, m in zip(points, median)]
-        ax.errorbar(mpix, median, yerr=[[0] * len(upper), upper], marker="o", capsize=3, label=f"{layer} ({backend})")
-        for x, y, r in zip(mpix, median, points):
-            ax.annotate(r["size"], (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set_xlabel("input size (megapixels)")
+        # colour = layer, line style = backend: the layers of one backend sit together, backends are told apart
+        ax.errorbar(mpix, median, yerr=[[0] * len(upper), upper], marker="o", capsize=3,
+                    color=f"C{layers.index(layer)}", linestyle=styles[backends.index(backend) % len(styles)],
+                    label=f"{layer} ({backend})")
+        ticks.update({x: f"{r['size']}\n{x:.2f} MP" for x, r in zip(mpix, points)})
+    ax.set_xticks(list(ticks), list(ticks.values()), fontsize=8)
+    ax.set_xlabel("input size (HxW, megapixels)")
     ax.set_ylabel("latency per frame (ms): median, whisker to p95")
     ax.set_title("vltseg bench: latency vs input resolution")
     ax.grid(alpha=0.3)
