@@ -148,6 +148,16 @@ def test_named_backend_that_cannot_run_fails_before_any_export(tmp_path, monkeyp
     assert not (tmp_path / "onnx").exists()
 
 
+def test_precision_the_backend_cannot_run_fails_before_any_export(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLTSEG_HOME", str(tmp_path))
+    with pytest.raises(VLTSegError, match=r"backend onnxruntime: precision 'bf16' is not supported \(expected one "
+                                          r"of fp32, fp16\)"):
+        load_predictor("tiny-test", backend="onnxruntime", precision="bf16")
+    with pytest.raises(VLTSegError, match="unknown precision 'fp8'"):
+        load_predictor("tiny-test", backend="torch", precision="fp8")
+    assert not (tmp_path / "onnx").exists()
+
+
 def test_load_predictor_exports_a_cached_graph_for_onnxruntime(tmp_path, monkeypatch, frames):
     """A preset/checkpoint with backend onnxruntime: exported once (dynamic H/W, parity-checked) into the cache."""
     monkeypatch.setenv("VLTSEG_HOME", str(tmp_path))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vltseg_core.backends.base import Backend, choose_backend, create_backend, source_kind
+from vltseg_core.backends.base import Backend, check_precision, choose_backend, create_backend, source_kind
 from vltseg_core.classes import ClassTable, load_class_table
 from vltseg_core.errors import VLTSegError
 
@@ -239,6 +239,7 @@ def load_predictor(model: str, backend: str = "auto", device: str = "cpu", preci
     """
     kind = source_kind(str(model))
     chosen, reason = choose_backend(backend, kind, device)
+    check_precision(chosen, precision)  # before the minutes an export or engine build may take
     log.info("backend %s for %s (%s)", chosen, model, reason)
     if kind == "model":
         module, model_id = load_module(str(model))

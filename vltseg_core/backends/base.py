@@ -15,6 +15,8 @@ from vltseg_core.errors import VLTSegError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# What each backend can run (torch: autocast; onnxruntime: fp32 graph or its fp16 conversion; tensorrt: builder flags).
+BACKEND_PRECISIONS = {"torch": ("fp32", "fp16", "bf16"), "onnxruntime": ("fp32", "fp16"), "tensorrt": PRECISIONS}
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
@@ -131,6 +133,15 @@ def check_usable(name: str, device: str) -> None:
         current_gpu(device)
 
 
+def check_precision(name: str, precision: str) -> None:
+    """One clear error for a precision the chosen backend cannot run (checked before any export or build)."""
+    if precision not in PRECISIONS:
+        raise VLTSegError(f"unknown precision '{precision}' (expected one of {', '.join(PRECISIONS)})")
+    if precision not in BACKEND_PRECISIONS[name]:
+        raise VLTSegError(f"backend {name}: precision '{precision}' is not supported (expected one of "
+                          f"{', '.join(BACKEND_PRECISIONS[name])})")
+
+
 def source_kind(path_or_name: str) -> str:
     suffix = Path(path_or_name).suffix.lower()
     if suffix == ".onnx":
@@ -142,8 +153,7 @@ def source_kind(path_or_name: str) -> str:
 
 def create_backend(name: str, source, device: str = "cpu", precision: str = "fp32") -> Backend:
     """Instantiate backend `name` (already chosen) for `source`: an nn.Module (torch), or an ONNX / engine path."""
-    if precision not in PRECISIONS:
-        raise VLTSegError(f"unknown precision '{precision}' (expected one of {', '.join(PRECISIONS)})")
+    check_precision(name, precision)
     if name == "torch":
         from vltseg_core.backends.torch_backend import TorchBackend
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vltseg_core.assets import sha256_file
-from vltseg_core.backends.base import check_batch, cuda_index
+from vltseg_core.backends.base import check_batch, check_precision, cuda_index
 from vltseg_core.errors import VLTSegError
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ class OnnxRuntimeBackend:
 
         if not onnx_path.is_file():
             raise VLTSegError(f"ONNX file not found: {onnx_path} (expected a graph from `vltseg export onnx`)")
-        if precision not in ("fp32", "fp16"):
-            raise VLTSegError(f"backend onnxruntime: precision '{precision}' is not supported (expected fp32 or fp16)")
+        check_precision(self.name, precision)
         self.onnx_path = onnx_path
         self.device = device
         self.precision = precision

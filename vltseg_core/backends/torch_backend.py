@@ -6,7 +6,7 @@ import contextlib
 import numpy as np
 import torch
 
-from vltseg_core.backends.base import check_batch
+from vltseg_core.backends.base import check_batch, check_precision
 from vltseg_core.errors import VLTSegError
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -17,8 +17,7 @@ class TorchBackend:
     input_size = None  # the model pads internally, so any size works
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu", precision: str = "fp32", model_id: str = ""):
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise VLTSegError(f"backend torch: precision '{precision}' is not supported (expected fp32, fp16 or bf16)")
+        check_precision(self.name, precision)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise VLTSegError(f"backend torch: device '{device}' requested but no CUDA GPU is visible (use device=cpu)")
         self.device = torch.device(device)
