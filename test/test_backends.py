@@ -183,3 +183,28 @@ def test_cached_graph_is_keyed_by_the_model_code(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "graph_code_digest", lambda: "code of another release")
     second = onnx_export.cached_onnx(model, "tiny-test")
     assert second != first and first.is_file() and second.is_file()
+
+
+def test_infer_device_is_infer_left_on_the_device(model, fixed_onnx):
+    """What the predictor calls (a torch tensor on the backend's device) holds exactly what `infer` returns."""
+    batch = np.random.default_rng(3).integers(0, 256, (2, 3, *SIZE)).astype(np.uint8)
+    for backend in (TorchBackend(model), OnnxRuntimeBackend(fixed_onnx)):
+        on_device = backend.infer_device(batch)
+        assert isinstance(on_device, torch.Tensor) and on_device.dtype == torch.float32
+        assert on_device.device.type == "cpu"  # both on the CPU here; torch on cuda keeps it there
+        np.testing.assert_allclose(on_device.numpy(), backend.infer(batch), rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (not on this machine)")
+def test_torch_on_cuda_keeps_probabilities_on_the_gpu_and_agrees_with_cpu(model, frames):
+    """On a GPU the probabilities stay there (resize back and argmax on the device) and the labels are the CPU's."""
+    import copy
+
+    gpu = TorchBackend(copy.deepcopy(model), device="cuda")
+    batch = np.stack([cv2.resize(f, SIZE[::-1]).transpose(2, 0, 1) for f in frames])
+    assert gpu.infer_device(batch).device.type == "cuda"
+    for settings in ({}, {"mode": "slide", "crop_size": (128, 128), "stride": (96, 96)}):
+        cpu_pred, gpu_pred = predictor(TorchBackend(model), **settings), predictor(gpu, **settings)
+        for frame in frames:
+            assert agreement(cpu_pred.predict(frame), gpu_pred.predict(frame)) > 0.999

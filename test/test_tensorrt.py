@@ -149,6 +149,9 @@ def test_engine_matches_onnxruntime_and_is_cached(tiny_onnx, precision, min_agre
     batch = np.random.default_rng(0).integers(0, 256, (1, 3, 96, 200), dtype=np.uint8)
     ref, got = ort_backend.infer(batch), trt_backend.infer(batch)
     assert float((ref.argmax(1) == got.argmax(1)).mean()) >= min_agreement
+    on_gpu = trt_backend.infer_device(batch)  # what the predictor uses: left on the GPU
+    assert on_gpu.device.type == "cuda"
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), got, atol=1e-5)
     pair = np.concatenate([batch, batch[:, :, ::-1].copy()])  # more images than the profile's batch of 1
     np.testing.assert_allclose(trt_backend.infer(pair)[:1], got, atol=1e-5)
     with pytest.raises(VLTSegError, match="outside the engine's profile"):

@@ -198,9 +198,9 @@ def backend_batches(predictor: Any, frame: np.ndarray) -> list[np.ndarray]:
         def __getattr__(self, name: str) -> Any:
             return getattr(real, name)
 
-        def infer(self, batch: np.ndarray) -> np.ndarray:
+        def infer_device(self, batch: np.ndarray) -> Any:
             batches.append(batch.copy())
-            return real.infer(batch)
+            return real.infer_device(batch)
 
     predictor.backend = Recorder()
     try:
@@ -211,7 +211,8 @@ def backend_batches(predictor: Any, frame: np.ndarray) -> list[np.ndarray]:
 
 
 def bench_backend(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
-    """The bare `Backend.infer` on the batches the predictor would feed it for one frame (no pre/post-processing)."""
+    """The bare backend (`infer_device`, as the predictor calls it) on the batches the predictor would feed it for
+    one frame (no pre/post-processing)."""
     results = []
     for size in sizes:
         batches = backend_batches(setup.predictor, test_frame(size))
@@ -219,7 +220,7 @@ def bench_backend(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[Layer
 
         def infer() -> None:
             for batch in batches:
-                backend.infer(batch)
+                backend.infer_device(batch)
 
         with peak_memory(setup.device) as peak:
             times = time_calls(infer, setup.warmup, setup.iters, setup.tick)

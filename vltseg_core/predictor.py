@@ -110,19 +110,23 @@ class Predictor:
         """(C, H, W) float32 probabilities at the input resolution (the building block for TTA)."""
         rgb = validate_image(rgb)
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-        probs = self._probs_at_input([rgb], timings)[0]
+        with torch.inference_mode():
+            probs = self._probs_at_input([rgb], timings)[0].cpu()
         self.last_timings = timings
         return probs.numpy()
 
+    @torch.inference_mode()
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Resize back and argmax happen on the backend's device (see Backend.infer_device); only the two HxW
+        maps come back to the host."""
         images = [validate_image(rgb) for rgb in images]
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
         results = []
         for probs in self._probs_at_input(images, timings):
             t0 = time.perf_counter()
             confidence, labels = probs.max(dim=0)
-            labels = labels.to(torch.uint8).numpy()
-            confidence = confidence.numpy().astype(np.float32, copy=False)
+            labels = labels.to(torch.uint8).cpu().numpy()
+            confidence = confidence.cpu().numpy().astype(np.float32, copy=False)
             if self.settings.min_confidence > 0:
                 labels[confidence < self.settings.min_confidence] = 255
             results.append(Prediction(labels=labels, confidence=np.clip(confidence, 0.0, 1.0)))
@@ -155,7 +159,7 @@ class Predictor:
                 probs = self._slide(batch, timings)
             else:
                 t1 = time.perf_counter()
-                probs = torch.from_numpy(self.backend.infer(batch))
+                probs = self.backend.infer_device(batch)
                 timings["inference"] += time.perf_counter() - t1
             t2 = time.perf_counter()
             for j, i in enumerate(indices):
@@ -189,12 +193,12 @@ class Predictor:
             chunk = crops[start:start + s.crops_per_batch]
             t1 = time.perf_counter()
             tiles = np.stack([batch[k, :, y:y + crop[0], x:x + crop[1]] for k, y, x in chunk])
-            probs = torch.from_numpy(self.backend.infer(tiles))
+            probs = self.backend.infer_device(tiles)
             timings["inference"] += time.perf_counter() - t1
             t2 = time.perf_counter()
             if total is None:
-                total = torch.zeros((n, probs.shape[1], H, W), dtype=torch.float32)
-                count = torch.zeros((n, 1, H, W), dtype=torch.float32)
+                total = torch.zeros((n, probs.shape[1], H, W), dtype=torch.float32, device=probs.device)
+                count = torch.zeros((n, 1, H, W), dtype=torch.float32, device=probs.device)
             for (k, y, x), p in zip(chunk, probs):
                 th, tw = p.shape[1:]
                 total[k, :, y:y + th, x:x + tw] += p

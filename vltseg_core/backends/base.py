@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from vltseg_core.errors import VLTSegError
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -30,6 +33,11 @@ class Backend(Protocol):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 (or uint8) (N,3,H,W) RGB 0..255 -> float32 (N,C,H,W) probabilities. The predictor sends
         uint8 so GPU backends upload a quarter of the bytes and convert on the device."""
+
+    def infer_device(self, batch: np.ndarray) -> "torch.Tensor":
+        """The same probabilities as a float32 torch tensor left on the backend's device (finished, not queued),
+        so the predictor resizes them to the image and takes the argmax there: a GPU backend then copies back
+        two HxW maps instead of C class maps."""
 
     def identity(self) -> dict:
         """What exactly runs (backend, device, precision, model/engine sha...), for logs and reports."""

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vltseg_core.assets import sha256_file
 from vltseg_core.backends.base import check_batch, check_precision, cuda_index
@@ -90,6 +91,10 @@ class OnnxRuntimeBackend:
             return np.concatenate([self.infer(batch[i:i + 1]) for i in range(batch.shape[0])])
         probs = self.session.run([self.output_name], {self.input_name: batch.astype(np.float32, copy=False)})[0]
         return probs.astype(np.float32, copy=False)
+
+    def infer_device(self, batch: np.ndarray) -> torch.Tensor:
+        """ONNX Runtime hands back host memory whatever its provider: the tensor lives on the CPU."""
+        return torch.from_numpy(self.infer(batch))
 
     def identity(self) -> dict:
         import onnxruntime as ort

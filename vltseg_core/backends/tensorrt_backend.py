@@ -1,6 +1,7 @@
 """Native TensorRT 10 backend: one engine, one execution context, its own CUDA stream, pinned host buffers.
 
-Images travel to the GPU as uint8 (a quarter of the float bytes) and become float there. CUDA memory and the
+Images travel to the GPU as uint8 (a quarter of the float bytes) and become float there; the probabilities stay
+there for the predictor's resize and argmax (only the label and confidence maps come back). CUDA memory and the
 stream come from torch, which is installed anyway, so no pycuda/cuda-python is needed. TensorRT works on the
 current CUDA device, so deserialisation and every execution run with the requested cuda:N made current.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +17,9 @@ from vltseg_core.backends.base import check_batch, cuda_index
 from vltseg_core.errors import VLTSegError
 from vltseg_core.export.engine_cache import InputProfile, runtime_mismatch, verify_engine_file
 from vltseg_core.export.tensorrt_build import current_gpu, engine_for_onnx, tensorrt_version
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +88,14 @@ class TensorRTBackend:
         return self._pinned[key]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.infer_device(batch).cpu().numpy()
+
+    def infer_device(self, batch: np.ndarray) -> "torch.Tensor":
         torch = self.torch
         batch = check_batch(batch, self.input_size, f"backend tensorrt ({self.engine_path.name})")
         step = self.profile.max[0]
         if batch.shape[0] > step:  # more images than the profile's batch: run in chunks the engine takes
-            return np.concatenate([self.infer(batch[i:i + step]) for i in range(0, batch.shape[0], step)])
+            return torch.cat([self.infer_device(batch[i:i + step]) for i in range(0, batch.shape[0], step)])
         if not self.profile.contains(batch.shape):
             raise VLTSegError(f"input {'x'.join(map(str, batch.shape))} is outside the engine's profile "
                               f"({self.profile.describe()}; expected a shape inside it, or rebuild with other sizes)")
@@ -105,10 +113,11 @@ class TensorRTBackend:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise VLTSegError(f"TensorRT execution failed for {self.engine_path} (see the TensorRT log)")
             probs = outputs[self.probs_name].float()
-            host_out = self._host_buffer(tuple(probs.shape), torch.float32)
-            host_out.copy_(probs, non_blocking=True)
-        self.stream.synchronize()
-        return host_out.numpy().copy()
+        self.stream.synchronize()  # finished when returned: the predictor's timings and other streams see it done
+        # allocated on this backend's stream but used next on the caller's: keep the allocator from handing the
+        # memory to the next execution while the caller's resize/argmax kernels may still read it
+        probs.record_stream(torch.cuda.current_stream(self.device))
+        return probs
 
     def identity(self) -> dict:
         spec = self.manifest.get("spec", {})
