@@ -285,7 +285,7 @@ def test_replay_cli_with_label_folder(tmp_path, capsys, predictor):
     assert rc == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["frames"]["processed"] == 4
-    assert report["labels"]["label_matching"] == {"evaluated": 2, "no label for this stamp": 2}
+    assert report["labels"]["label_matching"] == {"evaluated": 2, "no label for this frame": 2}
     assert report["labels"]["miou"] is None  # every label pixel ignored
     assert "[replay] report_md:" in capsys.readouterr().out
 
@@ -376,3 +376,19 @@ def test_replay_real_camvid_frames_score_like_vltseg_eval(tmp_path, predictor, c
     assert report["frames"]["processed"] == 2 and report["labels"]["label_matching"] == {"evaluated": 2}
     assert report["labels"]["class_ids"] == list(label_map.class_ids)
     assert report["labels"]["miou"] == pytest.approx(100 * matrix.miou(label_map.class_ids), abs=0.01)
+
+    # The dataset's own annotation folder (CamVid's file names, not stamps) matches the frames by position.
+    annot = tmp_path / "camvid_annotations" / "camvid_image_raw"
+    annot.mkdir(parents=True)
+    for _, label_path in pairs:
+        (annot / Path(label_path).name).symlink_to(camvid_root / label_path)
+    by_name = replay(tmp_path / "in", predictor, tmp_path / "out_folder", topics=["/camvid/image_raw"],
+                     labels=str(annot.parent), label_map="camvid11")
+    assert by_name["labels"]["label_matching"] == {"evaluated": 2}
+    assert "matched by file-name order" in by_name["labels"]["labels"]
+    assert by_name["labels"]["miou"] == pytest.approx(report["labels"]["miou"], abs=1e-9)
+    (annot / "0016E5_99999.png").symlink_to(camvid_root / pairs[0][1])  # one more label than frames: said so
+    extra = replay(tmp_path / "in", predictor, tmp_path / "out_extra", topics=["/camvid/image_raw"],
+                   labels=str(annot.parent), label_map="camvid11")
+    assert extra["labels"]["label_matching"] == {
+        "evaluated": 2, "labels left over after the last frame (the folder has more files than frames)": 1}

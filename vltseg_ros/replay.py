@@ -136,21 +136,35 @@ def label_image(msgtype: str, msg, where: str) -> np.ndarray:
 @dataclass
 class LabelSource:
     """Ground truth per frame: by (header stamp, frame_id) for a label topic; by (camera folder, stamp), then
-    stamp alone, for a label folder."""
+    stamp alone, for a label folder named by stamps; by position for a dataset's label folder (the n-th file in
+    name order labels a camera's n-th frame in the bag)."""
 
     description: str
     by_key: dict = field(default_factory=dict)
+    by_order: dict[str, list] = field(default_factory=dict)  # camera folder ('' = every camera) -> loaders
     label_map: LabelMap | None = None  # labels hold a dataset's raw ids (else trainIds)
 
-    def find(self, header, topic: str) -> np.ndarray | None:
-        """The frame's labels as trainIds, None when there are none."""
+    def find(self, header, topic: str, index: int) -> np.ndarray | None:
+        """The labels of the frame (the `index`-th of its topic) as trainIds, None when there are none."""
         stamp = stamp_ns(header)
-        for key in ((stamp, header.frame_id), (topic_folder(topic), stamp), stamp):
-            if key in self.by_key:
-                value = self.by_key[key]
-                labels = value() if callable(value) else value
-                return self.label_map.apply(labels, self.description) if self.label_map else labels
-        return None
+        value = next((self.by_key[k] for k in ((stamp, header.frame_id), (topic_folder(topic), stamp), stamp)
+                      if k in self.by_key), None)
+        if value is None:
+            in_order = self._ordered(topic)
+            value = in_order[index] if in_order is not None and index < len(in_order) else None
+        if value is None:
+            return None
+        labels = value() if callable(value) else value
+        return self.label_map.apply(labels, self.description) if self.label_map else labels
+
+    def _ordered(self, topic: str) -> list | None:
+        return self.by_order.get(topic_folder(topic), self.by_order.get(""))
+
+    def unused(self, frames_per_topic: dict[str, int]) -> int:
+        """Labels of an in-order folder left over after the last frame (a folder for another recording?)."""
+        return sum(max(0, len(loaders) - max((n for t, n in frames_per_topic.items()
+                                               if self._ordered(t) is loaders), default=0))
+                   for loaders in self.by_order.values())
 
     def class_ids(self, num_classes: int) -> list[int]:
         """The trainIds the mIoU averages over: the dataset's (like `vltseg eval`), else every class."""
@@ -185,18 +199,20 @@ def labels_from_topic(reader: Reader, topic: str) -> LabelSource:
 
 
 def labels_from_dir(folder: Path) -> LabelSource:
-    """Label PNGs (trainIds) named by the frame's header stamp: `<ns>.png`, `<sec>.<nanosec>.png` or
-    `<sec>_<nanosec>.png`, optionally in a sub-folder per camera named after its topic (`front_image_raw/` for
-    `/front/image_raw`)."""
+    """Label PNGs, optionally in a sub-folder per camera named after its topic (`front_image_raw/` for
+    `/front/image_raw`). Named by the frame's header stamp (`<ns>.png`, `<sec>.<nanosec>.png` or
+    `<sec>_<nanosec>.png`) they are matched by stamp; a folder with no such name (a dataset's own names, e.g.
+    CamVid's `0001TP_008550.png`) is matched by position: its files in name order are the frames in bag order."""
     if not folder.is_dir():
         raise VLTSegError(f"--labels {folder}: neither a topic of the bag nor a folder (expected '/topic' or a "
-                          f"folder of <stamp>.png trainId images)")
+                          f"folder of label PNGs)")
     source = LabelSource(f"folder {folder}")
+    paths = sorted(folder.rglob("*.png"))
 
     def loader(path: Path):
         return lambda: _read_label_png(path)
 
-    for path in sorted(folder.rglob("*.png")):
+    for path in paths:
         stem = path.stem.replace("_", ".")
         try:
             sec, _, nsec = stem.partition(".")
@@ -207,8 +223,12 @@ def labels_from_dir(folder: Path) -> LabelSource:
             source.by_key[(path.parent.name, stamp)] = loader(path)
         source.by_key.setdefault(stamp, loader(path))
     if not source.by_key:
-        raise VLTSegError(f"--labels {folder}: no label PNG named by timestamp (expected e.g. "
-                          f"1700000000123456789.png or 1700000000.123456789.png)")
+        for path in paths:
+            source.by_order.setdefault("" if path.parent == folder else path.parent.name, []).append(loader(path))
+        source.description += " (matched by file-name order)"
+    if not source.by_key and not source.by_order:
+        raise VLTSegError(f"--labels {folder}: no label PNG in it (expected PNGs named by the frame's stamp, e.g. "
+                          f"1700000000123456789.png, or a dataset's label PNGs in frame order)")
     return source
 
 
@@ -403,7 +423,7 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
                                        ("total", t3 - t0)):
                     latencies[stage].append(seconds)
                 if matrix is not None:
-                    _score(matrix, label_source, msg.header, conn.topic, pred.labels, label_counts)
+                    _score(matrix, label_source, msg.header, conn.topic, s.read - 1, pred.labels, label_counts)
                 if sink is not None:
                     sink.add(conn.topic, overlay(rgb, color))
         except KeyboardInterrupt:  # keep what is done: close the bag, write the report, then stop
@@ -418,6 +438,10 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
     if bag_error is None and not interrupted and read < listed:  # a damaged file may end early without raising
         bag_error = f"only {read} of the {listed} image messages listed in its metadata could be read"
     videos = sink.close() if sink else []
+    if label_source is not None and label_source.by_order:  # matched by position: say if the counts differ
+        left_over = label_source.unused({topic: s.read for topic, s in stats.items()})
+        if left_over:
+            label_counts["labels left over after the last frame (the folder has more files than frames)"] = left_over
     report = _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
                            label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure)
     if interrupted:
@@ -445,14 +469,14 @@ def _copy_connection(writer: Writer, conn):
                                  offered_qos_profiles=conn.ext.offered_qos_profiles)
 
 
-def _score(matrix, source: LabelSource, header, topic: str, pred: np.ndarray, counts: Counter) -> None:
+def _score(matrix, source: LabelSource, header, topic: str, index: int, pred: np.ndarray, counts: Counter) -> None:
     try:
-        labels = source.find(header, topic)
+        labels = source.find(header, topic, index)
     except VLTSegError as exc:  # unreadable file, raw ids the label map does not know
         counts[str(exc)] += 1
         return
     if labels is None:
-        counts["no label for this stamp"] += 1
+        counts["no label for this frame"] += 1
     elif labels.shape != pred.shape:
         counts[f"label size {labels.shape[1]}x{labels.shape[0]} != image size {pred.shape[1]}x{pred.shape[0]}"] += 1
     else:

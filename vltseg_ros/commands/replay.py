@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default=None, choices=("whole", "slide"), help="override the preset's mode")
     parser.add_argument("--out", type=Path, required=True, help="output folder (bag/, report.json, report.md, plots)")
     parser.add_argument("--topics", nargs="+", help="image topics to segment (default: every Image/CompressedImage)")
-    parser.add_argument("--labels", help="label image topic in the bag, or a folder of <stamp>.png trainId labels")
+    parser.add_argument("--labels", help="label image topic in the bag, or a folder of label PNGs (named <stamp>.png, "
+                        "or a dataset's own names matched in order)")
     parser.add_argument("--label-map", help="the labels hold this dataset's raw ids (configs/datasets/NAME.yaml, e.g. "
                         "camvid11); the mIoU then averages over its classes, like `vltseg eval`")
     parser.add_argument("--copy-inputs", action="store_true", help="copy every input topic into the output bag")
