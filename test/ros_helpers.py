@@ -6,8 +6,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import rclpy
@@ -75,6 +76,24 @@ def start_node(log: Path, name: str = NODE_NAME, **params) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+@contextmanager
+def node_in_process(**params) -> Iterator:
+    """The segmentation node in this test process (its own rclpy context) with parameter overrides, for what cannot
+    be reached from outside (its queues, counters, references); stopped and destroyed afterwards."""
+    from vltseg_ros.node import SegmentationNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = SegmentationNode(context=context,
+                            parameter_overrides=[Parameter(name, value=value) for name, value in params.items()])
+    try:
+        yield node
+    finally:
+        node._stop_processing()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 def stop_node(proc: subprocess.Popen) -> int:
     """Ctrl-C, as a user or `ros2 launch` would; the node must exit cleanly."""
     if proc.poll() is None:
@@ -133,19 +152,12 @@ class Harness:
         self.node.create_subscription(msg_type, topic, received.append, qos)
         return received
 
-    def _client(self, srv_type, name: str):
-        """One client per service for the harness's life: a fresh client's first request can go out before the
-        server's reply writer has matched it (DDS discovery), and that reply is then lost."""
-        if name not in self._clients:
-            self._clients[name] = self.node.create_client(srv_type, name)
+    def _call(self, name: str, request, timeout: float = 60.0, retry_every: float | None = None):
+        """A service call through the harness's one client for `name` (a fresh client's first request can go out
+        before the server's reply writer has matched it, and that reply is then lost); `retry_every` seconds
+        re-sends a request that is safe to repeat (queries) when its reply was lost to discovery."""
         client = self._clients[name]
         self.wait_for(client.service_is_ready, 30, f"service {name}")
-        return client
-
-    def _call(self, srv_type, name: str, request, timeout: float = 60.0, retry_every: float | None = None):
-        """A service call; `retry_every` seconds re-sends a request that is safe to repeat (queries) when its reply
-        was lost to discovery."""
-        client = self._client(srv_type, name)
         deadline = time.monotonic() + timeout
         while True:
             future = client.call_async(request)
@@ -159,17 +171,16 @@ class Harness:
                     raise
 
     def state(self) -> str:
-        reply = self._call(GetState, f"/{NODE_NAME}/get_state", GetState.Request(), retry_every=5.0)
+        reply = self._call(f"/{NODE_NAME}/get_state", GetState.Request(), retry_every=5.0)
         return reply.current_state.label
 
     def transition(self, transition_id: int) -> bool:
         request = ChangeState.Request(transition=Transition(id=transition_id))
-        return self._call(ChangeState, f"/{NODE_NAME}/change_state", request).success
+        return self._call(f"/{NODE_NAME}/change_state", request).success
 
     def parameter(self, name: str):
         """A parameter of the node under test, through its get_parameters service."""
-        reply = self._call(GetParameters, f"/{NODE_NAME}/get_parameters", GetParameters.Request(names=[name]),
-                           retry_every=5.0)
+        reply = self._call(f"/{NODE_NAME}/get_parameters", GetParameters.Request(names=[name]), retry_every=5.0)
         return Parameter.from_parameter_msg(Parameter_msg(name=name, value=reply.values[0])).value
 
     def wait_matched(self, publisher, what: str, timeout: float = 30) -> None:

@@ -8,14 +8,13 @@ import time
 import cv2
 import numpy as np
 import pytest
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 
-from ros_helpers import (RELIABLE, Harness, diagnostics_values, frame, header, rgb_image, start_node,
-                         stop_node, tiny_onnx)
+from ros_helpers import (RELIABLE, Harness, diagnostics_values, frame, header, node_in_process, rgb_image,
+                         start_node, stop_node, tiny_onnx)
 from vltseg_core.predictor import load_predictor
 from vltseg_ros.diagnostics import diagnostics_message
 from vltseg_ros.image_conversions import compressed_to_rgb
@@ -159,16 +158,9 @@ def test_a_batch_failing_with_an_internal_error_accounts_for_its_frames():
     bad input is logged and its frames are counted as skipped_error, so every received frame is still accounted
     for, and the worker carries on."""
     from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
 
-    from vltseg_ros.node import SegmentationNode
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    overrides = [Parameter("model", value=str(tiny_onnx())), Parameter("backend", value="onnxruntime"),
-                 Parameter("mode", value="evaluation"), Parameter("cameras", value=["a", "b"])]
-    node = SegmentationNode(context=context, parameter_overrides=overrides)
-    try:
+    params = {"model": str(tiny_onnx()), "backend": "onnxruntime", "mode": "evaluation", "cameras": ["a", "b"]}
+    with node_in_process(**params) as node:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
 
         def broken(images):
@@ -187,10 +179,6 @@ def test_a_batch_failing_with_an_internal_error_accounts_for_its_frames():
             assert (values["received"], values["skipped_error"], values["processed"]) == ("3", "3", "0"), values
         assert 3 <= node._stats.errors <= 6  # batches: one to two frames each
         assert node._worker.is_alive()
-    finally:
-        node._stop_processing()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 def test_cleanup_lets_the_model_be_freed():
@@ -199,16 +187,8 @@ def test_cleanup_lets_the_model_be_freed():
     import weakref
 
     from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
 
-    from vltseg_ros.node import SegmentationNode
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    overrides = [Parameter("model", value=str(tiny_onnx())), Parameter("backend", value="onnxruntime"),
-                 Parameter("mode", value="evaluation")]
-    node = SegmentationNode(context=context, parameter_overrides=overrides)
-    try:
+    with node_in_process(model=str(tiny_onnx()), backend="onnxruntime", mode="evaluation") as node:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         node._on_image(node._cameras[0])(rgb_image(frame(1), 1))  # one real frame through the worker
@@ -220,6 +200,3 @@ def test_cleanup_lets_the_model_be_freed():
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert predictor() is None and backend() is None
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node._predictor is not None
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)

@@ -5,7 +5,6 @@ import json
 import re
 
 import pytest
-import rclpy
 import yaml
 from rcl_interfaces.msg import ParameterType
 
@@ -44,14 +43,10 @@ def test_readme_table_documents_every_parameter(repo_root):
 
 @pytest.fixture
 def node():
-    from vltseg_ros.node import SegmentationNode
+    from ros_helpers import node_in_process
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = SegmentationNode(context=context)
-    yield node
-    node.destroy_node()
-    rclpy.shutdown(context=context)
+    with node_in_process() as node:
+        yield node
 
 
 def test_node_declares_them_with_types_ranges_and_read_only(node):
@@ -81,25 +76,17 @@ def test_qos_overrides_apply_to_their_own_camera_only():
     """rclpy writes overrides into the profile it is given: a shared default profile would pass camera a's
     reliable override on to camera b (and to the next activation)."""
     from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
     from rclpy.qos import ReliabilityPolicy
-    from ros_helpers import tiny_onnx
+    from ros_helpers import node_in_process, tiny_onnx
 
-    from vltseg_ros.node import LIVE_INPUT, SegmentationNode
+    from vltseg_ros.node import LIVE_INPUT
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    overrides = [Parameter("model", value=str(tiny_onnx())), Parameter("backend", value="onnxruntime"),
-                 Parameter("cameras", value=["a", "b"]),
-                 Parameter("qos_overrides./a/image.subscription.reliability", value="reliable")]
-    node = SegmentationNode(context=context, parameter_overrides=overrides)
-    try:
+    overrides = {"model": str(tiny_onnx()), "backend": "onnxruntime", "cameras": ["a", "b"],
+                 "qos_overrides./a/image.subscription.reliability": "reliable"}
+    with node_in_process(**overrides) as node:
         for _ in range(2):  # configured and activated again: the same
             assert node.trigger_configure() == node.trigger_activate() == TransitionCallbackReturn.SUCCESS
             reliability = {cam.name: cam.subscriptions[0].qos_profile.reliability for cam in node._cameras}
             assert reliability == {"a": ReliabilityPolicy.RELIABLE, "b": ReliabilityPolicy.BEST_EFFORT}
             assert node.trigger_deactivate() == node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert LIVE_INPUT.reliability == ReliabilityPolicy.BEST_EFFORT
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
