@@ -106,14 +106,14 @@ class Predictor:
     def predict(self, rgb: np.ndarray) -> Prediction:
         return self.predict_batch([rgb])[0]
 
+    @torch.inference_mode()
     def predict_probs(self, rgb: np.ndarray) -> np.ndarray:
         """(C, H, W) float32 probabilities at the input resolution (the building block for TTA)."""
         rgb = validate_image(rgb)
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-        with torch.inference_mode():
-            probs = self._probs_at_input([rgb], timings)[0].cpu()
+        probs = self._probs_at_input([rgb], timings)[0]
         self.last_timings = timings
-        return probs.numpy()
+        return probs.cpu().numpy()
 
     @torch.inference_mode()
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:

@@ -160,8 +160,8 @@ def source_kind(path_or_name: str) -> str:
 
 
 def create_backend(name: str, source, device: str = "cpu", precision: str = "fp32") -> Backend:
-    """Instantiate backend `name` (already chosen) for `source`: an nn.Module (torch), or an ONNX / engine path."""
-    check_precision(name, precision)
+    """Instantiate backend `name` (already chosen, its precision checked) for `source`: an nn.Module (torch), or
+    an ONNX / engine path."""
     if name == "torch":
         from vltseg_core.backends.torch_backend import TorchBackend
 
