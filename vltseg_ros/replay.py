@@ -150,21 +150,24 @@ class LabelSource:
         value = next((self.by_key[k] for k in ((stamp, header.frame_id), (topic_folder(topic), stamp), stamp)
                       if k in self.by_key), None)
         if value is None:
-            in_order = self._ordered(topic)
-            value = in_order[index] if in_order is not None and index < len(in_order) else None
+            in_order = self.by_order.get(self._order_key(topic), [])
+            value = in_order[index] if index < len(in_order) else None
         if value is None:
             return None
         labels = value() if callable(value) else value
         return self.label_map.apply(labels, self.description) if self.label_map else labels
 
-    def _ordered(self, topic: str) -> list | None:
-        return self.by_order.get(topic_folder(topic), self.by_order.get(""))
+    def _order_key(self, topic: str) -> str:
+        """The in-order list of a topic: its camera's sub-folder, else the flat folder ('')."""
+        return topic_folder(topic) if topic_folder(topic) in self.by_order else ""
 
     def unused(self, frames_per_topic: dict[str, int]) -> int:
         """Labels of an in-order folder left over after the last frame (a folder for another recording?)."""
-        return sum(max(0, len(loaders) - max((n for t, n in frames_per_topic.items()
-                                               if self._ordered(t) is loaders), default=0))
-                   for loaders in self.by_order.values())
+        frames: dict[str, int] = {}
+        for topic, n in frames_per_topic.items():
+            key = self._order_key(topic)
+            frames[key] = max(frames.get(key, 0), n)
+        return sum(max(0, len(loaders) - frames.get(key, 0)) for key, loaders in self.by_order.items())
 
     def class_ids(self, num_classes: int) -> list[int]:
         """The trainIds the mIoU averages over: the dataset's (like `vltseg eval`), else every class."""
