@@ -22,7 +22,8 @@ EXTRAS = {
         "ros-jazzy-diagnostic-msgs",
         "ros-jazzy-lifecycle-msgs",
     ],
-    "test": ["pytest>=8", "consisid-eva-clip==1.0.2", "open_clip_torch>=2.24"],
+    # pytest < 9: the pytest plugin of Jazzy's launch_testing (3.4) does not load on pytest 9
+    "test": ["pytest>=8,<9", "consisid-eva-clip==1.0.2", "open_clip_torch>=2.24"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
@@ -47,7 +48,8 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "filelock>=3.12",
-        "opencv-python-headless>=4.8",
+        # < 5: a ROS 2 install's cv_bridge is built against OpenCV 4 (OpenCV 5 renumbered CV_8UC3 and friends)
+        "opencv-python-headless>=4.8,<5",
         "safetensors>=0.4",
         "torch>=2.4",
         "timm>=1.0.15",
