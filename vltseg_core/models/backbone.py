@@ -2,16 +2,25 @@
 multi-block features that the simple feature pyramid turns into strides 4..32.
 
 Every backbone is built with `dynamic_img_size=True`: any input size works, absolute position embeddings are
-resampled to the patch grid on the fly and RoPE (EVA02) is computed for the actual grid."""
+resampled to the patch grid on the fly and RoPE (EVA02) is computed for the actual grid. The resampling is
+vltseg_core.models.pos_embed's: timm's own numbers (antialiased bicubic) without the antialiased Resize node that
+TensorRT's ONNX parser refuses. timm's two ViT families look the function up in their module namespace at call
+time, so binding it there is the one place that changes it for every preset."""
 from __future__ import annotations
 
 from typing import Any
 
 import timm
+import timm.models.eva
+import timm.models.vision_transformer
 import torch
 from torch import nn
 
 from vltseg_core.errors import VLTSegError
+from vltseg_core.models.pos_embed import resample_abs_pos_embed
+
+for _family in (timm.models.eva, timm.models.vision_transformer):
+    _family.resample_abs_pos_embed = resample_abs_pos_embed
 
 # backbone type -> (timm model name, checkpoint family). The family says which key layout the external
 # weights use (see vltseg_core.checkpoint.load_backbone_weights).
