@@ -1,15 +1,16 @@
-"""Rosbag2 replay evaluation: run a predictor over the camera topics of a bag, with no ROS install needed.
+"""Replay evaluation: run a predictor over the camera topics of a recording, with no ROS install needed.
 
-The `rosbags` library reads and writes the bag (sqlite3 and mcap). Every image message read is accounted for:
-it is either processed (its mask, colour and confidence images go to the output bag with the input's header and
-bag timestamp) or skipped with a reason. Labels, when given, are scored with the same ConfusionMatrix as
-`vltseg eval`. The report (JSON + Markdown), plots and the optional overlay video go next to the output bag.
+`rosbags` reads the bag (ROS 1, or rosbag2 in sqlite3 or mcap: `bag_reading`) and writes the output rosbag2. Every
+image message read is accounted for: it is either processed (its mask, colour and confidence images go to the output
+bag with the input's header and bag timestamp) or skipped with a reason (depth images are not camera frames and are
+always skipped). Labels, when given, are scored with the same ConfusionMatrix as `vltseg eval`. The report (JSON +
+Markdown), plots and the optional overlay video go next to the output bag. Several bags: `replay_set`.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import sqlite3
-import struct
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -18,61 +19,26 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
-from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.rosbag2.errors import ReaderError
-from rosbags.typesys import Stores, get_typestore
+from rosbags.convert.converter import create_connections_converters
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import Writer
 from tqdm import tqdm
 
 from vltseg_core.data.label_maps import LabelMap, load_label_map
 from vltseg_core.errors import VLTSegError
 from vltseg_core.visualize import confidence_mono8, overlay
+from vltseg_ros.bag_reading import (BAG_READ_ERRORS, COMPRESSED, IMAGE, IMAGE_TYPES, STORAGE_NAMES, TYPESTORE,
+                                    input_storage, not_a_camera_frame, open_bag, output_storage, ros2_header,
+                                    storage_of)
 from vltseg_ros.image_conversions import compressed_to_rgb, image_to_rgb
 
-TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED = "sensor_msgs/msg/CompressedImage"
-IMAGE_TYPES = (IMAGE, COMPRESSED)
+__all__ = ["COMPRESSED", "IMAGE", "IMAGE_TYPES", "TYPESTORE", "open_bag", "storage_of", "replay"]  # demo.py uses them
 OUTPUTS = ("mask", "color", "confidence")  # published under <camera namespace>/segmentation/<name>
 STAGES = ("decode", "preprocess", "inference", "postprocess", "write", "total")
 MAX_PIXELS = 64_000_000
-# What a damaged storage file raises while it is being read (sqlite3 and the mcap parser).
-BAG_READ_ERRORS = (ReaderError, sqlite3.Error, struct.error, EOFError, OSError, ValueError, KeyError, AssertionError,
-                   OverflowError, IndexError)
 
 
 # -- bags -----------------------------------------------------------------------------------------------------
-def storage_of(bag: Path) -> StoragePlugin:
-    """The storage plugin of a bag directory (metadata.yaml) or of a bare .mcap / .db3 file."""
-    if bag.is_dir():
-        try:
-            meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-            identifier = meta["storage_identifier"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
-            raise VLTSegError(f"bag {bag} has no readable metadata.yaml ({exc}; expected a rosbag2 "
-                              f"directory)") from None
-    else:
-        identifier = {".mcap": "mcap", ".db3": "sqlite3"}.get(bag.suffix, bag.suffix)
-    plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-    if identifier not in plugins:
-        raise VLTSegError(f"bag {bag} uses storage '{identifier}' (expected sqlite3 or mcap)")
-    return plugins[identifier]
-
-
-def open_bag(bag: Path) -> Reader:
-    """An open rosbags Reader; a missing, truncated or corrupt bag is one clear error line."""
-    if not bag.exists():
-        raise VLTSegError(f"bag not found: {bag} (expected a rosbag2 directory, .mcap or .db3 file)")
-    storage_of(bag)
-    try:
-        reader = Reader(bag)
-        reader.open()
-    except (*BAG_READ_ERRORS, FileNotFoundError) as exc:
-        raise VLTSegError(f"bag {bag} is corrupt or truncated and cannot be opened ({exc}); a recording that was cut "
-                          f"off can often be repaired with `ros2 bag reindex` (sqlite3) or `mcap recover`") from None
-    return reader
-
-
 def camera_namespace(topic: str) -> str:
     """`/front/image_raw/compressed` -> `/front`: outputs go where the node would publish them for that camera."""
     parts = topic.rstrip("/").split("/")
@@ -96,7 +62,7 @@ def stamp_ns(header) -> int:
 
 
 def image_msg(array: np.ndarray, encoding: str, header):
-    """A rosbags sensor_msgs/Image (mono8 HxW or rgb8 HxWx3) carrying exactly `header`."""
+    """A rosbags sensor_msgs/Image (mono8 HxW or rgb8 HxWx3) carrying exactly `header` (a ROS 2 header)."""
     image_type = TYPESTORE.types[IMAGE]
     array = np.ascontiguousarray(array, dtype=np.uint8)
     channels = array.shape[2] if array.ndim == 3 else 1
@@ -174,12 +140,12 @@ class LabelSource:
         return list(self.label_map.class_ids) if self.label_map else list(range(num_classes))
 
 
-def labels_from_topic(reader: Reader, topic: str) -> LabelSource:
+def labels_from_topic(reader: AnyReader, bag: Path, topic: str) -> LabelSource:
     """The label messages of `topic`, decoded when their frame is scored: a bad label image (truncated, wrong
     encoding) is counted against its frame like a missing one. A label topic that cannot be read is an error."""
     conns = [c for c in reader.connections if c.topic == topic]
     if not conns or conns[0].msgtype not in IMAGE_TYPES:
-        raise VLTSegError(f"label topic '{topic}' is not an Image/CompressedImage topic of {reader.path} "
+        raise VLTSegError(f"label topic '{topic}' is not an Image/CompressedImage topic of {bag} "
                           f"(topics there: {sorted({c.topic for c in reader.connections})})")
     source = LabelSource(f"topic {topic}")
     messages = reader.messages(connections=conns)
@@ -189,13 +155,13 @@ def labels_from_topic(reader: Reader, topic: str) -> LabelSource:
         except StopIteration:
             return source
         except BAG_READ_ERRORS as exc:
-            raise VLTSegError(f"label topic '{topic}' of bag {reader.path} cannot be read past label "
+            raise VLTSegError(f"label topic '{topic}' of bag {bag} cannot be read past label "
                               f"{len(source.by_key)} ({type(exc).__name__}: {exc}; expected an undamaged "
                               f"bag)") from None
         try:
-            msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
+            msg = reader.deserialize(data, conn.msgtype)
         except Exception as exc:  # noqa: BLE001 - whatever the deserializer raises means a damaged message
-            raise VLTSegError(f"label message at bag time {timestamp} on '{topic}' of bag {reader.path} is not a "
+            raise VLTSegError(f"label message at bag time {timestamp} on '{topic}' of bag {bag} is not a "
                               f"valid {conn.msgtype} ({type(exc).__name__}: {exc})") from None
         # a label carries its image's header
         source.by_key[(stamp_ns(msg.header), msg.header.frame_id)] = partial(label_image, conn.msgtype, msg, topic)
@@ -292,7 +258,7 @@ class VideoSink:
         return [path for _, _, path in self.writers.values()]
 
 
-def video_fps(reader: Reader, topics: list[str]) -> float:
+def video_fps(reader: AnyReader, topics: list[str]) -> float:
     """The cameras' frame rate from the bag's metadata (messages / duration), clamped to 1..60."""
     counts = [c.msgcount for c in reader.connections if c.topic in topics]
     duration_s = reader.duration / 1e9 if reader.message_count else 0.0
@@ -302,26 +268,27 @@ def video_fps(reader: Reader, topics: list[str]) -> float:
 
 
 # -- the replay -----------------------------------------------------------------------------------------------
-def select_image_topics(reader: Reader, topics: list[str] | None, exclude: str | None) -> list[str]:
+def select_image_topics(reader: AnyReader, bag: Path, topics: list[str] | None, exclude: str | None) -> list[str]:
     types = {c.topic: c.msgtype for c in reader.connections}
     image_topics = sorted(t for t, m in types.items() if m in IMAGE_TYPES and t != exclude)
     if not topics:
         if not image_topics:
-            raise VLTSegError(f"bag {reader.path} has no sensor_msgs/Image or CompressedImage topic "
+            raise VLTSegError(f"bag {bag} has no sensor_msgs/Image or CompressedImage topic "
                               f"(topics there: {sorted(types)})")
         return image_topics
     for topic in topics:
         if topic not in types:
-            raise VLTSegError(f"topic '{topic}' is not in bag {reader.path} (image topics there: {image_topics})")
+            raise VLTSegError(f"topic '{topic}' is not in bag {bag} (image topics there: {image_topics})")
         if types[topic] not in IMAGE_TYPES:
-            raise VLTSegError(f"topic '{topic}' in bag {reader.path} has type {types[topic]} "
+            raise VLTSegError(f"topic '{topic}' in bag {bag} has type {types[topic]} "
                               f"(expected sensor_msgs/msg/Image or sensor_msgs/msg/CompressedImage)")
     return list(dict.fromkeys(topics))
 
 
 def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None, labels: str | None = None,
            copy_inputs: bool = False, video: bool = False, label_map: str | None = None) -> dict:
-    """Run `predictor` over the image topics of `bag`; write `out_dir/bag`, report.{json,md}, plots, videos.
+    """Run `predictor` over the image topics of `bag` (ROS 1 or rosbag2); write `out_dir/bag` (a rosbag2),
+    report.{json,md}, plots, videos.
 
     `labels`: a label topic of the bag or a folder of label PNGs; `label_map`: a dataset label map
     (configs/datasets/) when they hold that dataset's raw ids instead of trainIds.
@@ -331,23 +298,23 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
     """
     bag, out_dir = Path(bag), Path(out_dir)
     reader = open_bag(bag)
-    storage = storage_of(bag)
     out_bag = out_dir / "bag"
     if out_bag.exists():
         reader.close()
         raise VLTSegError(f"output bag {out_bag} already exists (expected a new --out folder; nothing overwritten)")
     try:
         label_topic = labels if labels in {c.topic for c in reader.connections} else None
-        selected = select_image_topics(reader, topics, label_topic)
+        selected = select_image_topics(reader, bag, topics, label_topic)
         label_source = None
         if label_topic:
-            label_source = labels_from_topic(reader, label_topic)
+            label_source = labels_from_topic(reader, bag, label_topic)
         elif labels:
             label_source = labels_from_dir(Path(labels))
         if label_source and label_map:
             label_source.label_map = load_label_map(label_map)
         out_dir.mkdir(parents=True, exist_ok=True)
-        report = _run(reader, storage, predictor, out_dir, out_bag, selected, label_source, copy_inputs, video)
+        report = _run(reader, bag, predictor, out_dir, out_bag, selected, label_source, label_topic, copy_inputs,
+                      video)
     finally:
         reader.close()
     if report["bag_error"]:
@@ -359,8 +326,8 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
     return report
 
 
-def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_bag: Path, selected: list[str],
-         label_source: LabelSource | None, copy_inputs: bool, video: bool) -> dict:
+def _run(reader: AnyReader, bag: Path, predictor, out_dir: Path, out_bag: Path, selected: list[str],
+         label_source: LabelSource | None, label_topic: str | None, copy_inputs: bool, video: bool) -> dict:
     from vltseg_core.evaluation import ConfusionMatrix
 
     table = predictor.class_table
@@ -378,10 +345,11 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
     bag_error, interrupted, failure = None, False, None
     total = sum(s.in_metadata for s in stats.values())
     t_start = time.perf_counter()
-    with Writer(out_bag, version=9, storage_plugin=storage) as writer:
-        outs = {t: {name: writer.add_connection(topic, IMAGE, typestore=TYPESTORE) for name, topic in n.items()}
-                for t, n in names.items()}
-        copies = {c.id: _copy_connection(writer, c) for c in in_conns} if copy_inputs else {}
+    with Writer(out_bag, version=9, storage_plugin=output_storage(bag)) as writer:
+        outs: dict[str, dict] = {}  # input topic -> output connections, added at its first segmented frame
+        if copy_inputs:  # rosbags' own converter: verbatim for rosbag2, ROS 1 -> CDR (and its Header) for ROS 1
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints which types it migrates
+                copies, converters = create_connections_converters(in_conns, None, reader, writer)
         bar = tqdm(total=total, desc="replay", unit="frame")
         messages = reader.messages(connections=in_conns)
         try:
@@ -394,7 +362,7 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
                     bag_error = f"{type(exc).__name__}: {exc}"
                     break
                 if copy_inputs:
-                    writer.write(copies[conn.id], timestamp, data)
+                    writer.write(copies[(conn.id, conn.owner)], timestamp, converters[conn.msgtype](data))
                 if conn.topic not in stats:
                     continue
                 s = stats[conn.topic]
@@ -402,9 +370,13 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
                 bar.update()
                 t0 = time.perf_counter()
                 try:
-                    msg = TYPESTORE.deserialize_cdr(data, conn.msgtype)
+                    msg = reader.deserialize(data, conn.msgtype)
                 except Exception as exc:  # noqa: BLE001 - whatever the deserializer raises means a damaged message
                     s.skipped[f"undeserializable {conn.msgtype} message ({type(exc).__name__})"] += 1
+                    continue
+                not_camera = not_a_camera_frame(conn.msgtype, msg)
+                if not_camera:
+                    s.skipped[f"{not_camera} on {conn.topic}"] += 1
                     continue
                 try:
                     rgb = decode(conn.msgtype, msg, conn.topic)
@@ -414,19 +386,23 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
                     s.skipped[str(exc)] += 1
                     continue
                 t2 = time.perf_counter()
+                if conn.topic not in outs:
+                    outs[conn.topic] = {name: writer.add_connection(topic, IMAGE, typestore=TYPESTORE)
+                                        for name, topic in names[conn.topic].items()}
+                header = ros2_header(msg.header)
                 color = palette[pred.labels]
                 confidence = confidence_mono8(pred.confidence)
                 for name, array, encoding in (("mask", pred.labels, "mono8"), ("color", color, "rgb8"),
                                               ("confidence", confidence, "mono8")):
                     writer.write(outs[conn.topic][name], timestamp,
-                                 TYPESTORE.serialize_cdr(image_msg(array, encoding, msg.header), IMAGE))
+                                 TYPESTORE.serialize_cdr(image_msg(array, encoding, header), IMAGE))
                 t3 = time.perf_counter()
                 s.processed += 1
                 for stage, seconds in (("decode", t1 - t0), *predictor.last_timings.items(), ("write", t3 - t2),
                                        ("total", t3 - t0)):
                     latencies[stage].append(seconds)
                 if matrix is not None:
-                    _score(matrix, label_source, msg.header, conn.topic, s.read - 1, pred.labels, label_counts)
+                    _score(matrix, label_source, header, conn.topic, s.read - 1, pred.labels, label_counts)
                 if sink is not None:
                     sink.add(conn.topic, overlay(rgb, color))
         except KeyboardInterrupt:  # keep what is done: close the bag, write the report, then stop
@@ -445,15 +421,24 @@ def _run(reader: Reader, storage: StoragePlugin, predictor, out_dir: Path, out_b
         left_over = label_source.unused({topic: s.read for topic, s in stats.items()})
         if left_over:
             label_counts["labels left over after the last frame (the folder has more files than frames)"] = left_over
-    report = _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
+    others = _other_topics(reader, stats, label_topic, copy_inputs)
+    report = _write_report(out_dir, out_bag, bag, predictor, stats, names, others, latencies, wall, matrix,
                            label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure)
     if interrupted:
         print(f"[replay] interrupted after {report['frames']['read']} frames; results so far are in {out_dir}")
         raise KeyboardInterrupt
     if failure is not None:
-        raise VLTSegError(f"replay of {reader.path} stopped at frame {report['frames']['read']} ({report['failure']}); "
+        raise VLTSegError(f"replay of {bag} stopped at frame {report['frames']['read']} ({report['failure']}); "
                           f"the results for the frames before it are in {out_dir}") from failure
     return report
+
+
+def _other_topics(reader: AnyReader, stats: dict, label_topic: str | None, copy_inputs: bool) -> dict[str, dict]:
+    """The bag's topics that are not segmented, with their message counts: every message is accounted for."""
+    role = "copied" if copy_inputs else "not segmented"
+    return {topic: {"type": info.msgtype, "messages": info.msgcount,
+                    "role": "labels" if topic == label_topic else role}
+            for topic, info in reader.topics.items() if topic not in stats}
 
 
 def _account_in_flight(stats: dict[str, TopicStats], reason: str) -> None:
@@ -461,15 +446,6 @@ def _account_in_flight(stats: dict[str, TopicStats], reason: str) -> None:
     for st in stats.values():
         if st.read > st.processed + sum(st.skipped.values()):
             st.skipped[reason] += 1
-
-
-def _copy_connection(writer: Writer, conn):
-    """The same topic and type in the output bag, with the input's own message definition when it has one."""
-    if conn.msgdef.data and conn.digest:
-        return writer.add_connection(conn.topic, conn.msgtype, msgdef=conn.msgdef.data, rihs01=conn.digest,
-                                     offered_qos_profiles=conn.ext.offered_qos_profiles)
-    return writer.add_connection(conn.topic, conn.msgtype, typestore=TYPESTORE,
-                                 offered_qos_profiles=conn.ext.offered_qos_profiles)
 
 
 def _score(matrix, source: LabelSource, header, topic: str, index: int, pred: np.ndarray, counts: Counter) -> None:
@@ -492,7 +468,7 @@ def _score(matrix, source: LabelSource, header, topic: str, index: int, pred: np
 
 
 # -- report ---------------------------------------------------------------------------------------------------
-def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, latencies, wall, matrix,
+def _write_report(out_dir, out_bag, bag, predictor, stats, names, others, latencies, wall, matrix,
                   label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure) -> dict:
     frames = TopicStats()
     for s in stats.values():
@@ -501,14 +477,20 @@ def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, la
         frames.skipped.update(s.skipped)
         frames.in_metadata += s.in_metadata
     report = {
-        "bag": str(reader.path),
-        "storage": {StoragePlugin.MCAP: "mcap", StoragePlugin.SQLITE3: "sqlite3"}[storage],
+        "bag": str(bag),
+        "storage": input_storage(bag),
         "output_bag": str(out_bag),
+        "output_storage": STORAGE_NAMES[output_storage(bag)],
         "copied_inputs": copy_inputs,
         "model": predictor.identity(),
+        "class_table": class_table_dict(predictor.class_table),
         "frames": frames.as_dict(),
         "topics": {t: {**s.as_dict(), "outputs": names[t]} for t, s in stats.items()},
+        "other_topics": others,
         "latency_ms": {stage: percentiles(latencies[stage]) for stage in STAGES if stage in latencies},
+        # every frame's latency per stage: what `vltseg replay --merge` needs for exact percentiles over bags
+        "latency_samples_ms": {stage: [round(x * 1000.0, 4) for x in latencies[stage]] for stage in STAGES
+                               if stage in latencies},
         "wall_s": wall,
         "throughput_fps": frames.processed / wall if wall > 0 else 0.0,
         "bag_error": bag_error,
@@ -520,8 +502,9 @@ def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, la
                   "videos": [str(v) for v in videos]},
     }
     if matrix is not None:
-        report["labels"], paths = _label_summary(matrix, predictor.class_table, report["model"], report["bag"],
-                                                 label_source, label_counts, out_dir)
+        report["labels"], paths = label_summary(matrix, predictor.class_table, report["model"], f"replay:{bag.name}",
+                                                label_source.class_ids(matrix.num_classes),
+                                                label_source.description, label_counts, out_dir)
         report["files"].update({f"eval_{kind}": str(path) for kind, path in paths.items()})
     if latencies:
         latency_histogram(latencies, out_dir / "latency_histogram.png")
@@ -532,17 +515,23 @@ def _write_report(out_dir, out_bag, reader, storage, predictor, stats, names, la
     return report
 
 
-def _label_summary(matrix, table, identity: dict, bag: str, source: LabelSource, counts: Counter,
-                   out_dir: Path) -> tuple[dict, dict[str, Path]]:
-    """mIoU / per-class IoU through the report writers of `vltseg eval` (eval.json, eval.md, eval_iou.png)."""
+def label_summary(matrix, table, identity: dict, name: str, class_ids: list[int], description: str,
+                  counts: Counter, out_dir: Path) -> tuple[dict, dict[str, Path]]:
+    """mIoU / per-class IoU (and the confusion matrix, which is what merging sums) through the report writers of
+    `vltseg eval` (eval.json, eval.md, eval_iou.png)."""
     from vltseg_core.evaluation import TargetResult, make_report, write_reports
 
-    target = TargetResult(name=f"replay:{Path(bag).name}", confusion=matrix,
-                          class_ids=source.class_ids(table.num_classes), num_images=counts["evaluated"],
-                          extra={"labels": source.description, "label_matching": dict(counts)})
+    target = TargetResult(name=name, confusion=matrix, class_ids=class_ids, num_images=counts["evaluated"],
+                          extra={"labels": description, "label_matching": dict(counts)})
     meta = {"model": identity.get("model") or identity.get("onnx") or identity.get("backend"), "identity": identity}
     report = make_report([target], meta, table)
     return report["targets"][0], write_reports(report, out_dir, stem="eval")
+
+
+def class_table_dict(table) -> dict:
+    """The class table in the report, so that a merge can name the classes without the model."""
+    return {"name": table.name, "names": list(table.names), "colors": table.colors.tolist(),
+            "ignore_index": table.ignore_index}
 
 
 def latency_histogram(latencies: dict[str, list[float]], path: Path) -> Path:
@@ -572,7 +561,7 @@ def report_markdown(report: dict) -> str:
     f = report["frames"]
     lines = [f"# Replay of `{report['bag']}`", "",
              f"Model: `{json.dumps(report['model'], default=str)}`", "",
-             f"Output bag: `{report['output_bag']}` ({report['storage']})", "",
+             f"Output bag: `{report['output_bag']}` ({report['output_storage']}; input {report['storage']})", "",
              f"Frames: {f['read']} read, {f['processed']} processed, {f['skipped']} skipped; "
              f"throughput {report['throughput_fps']:.2f} frames/s over {report['wall_s']:.1f} s.", ""]
     if report["bag_error"]:
@@ -582,8 +571,11 @@ def report_markdown(report: dict) -> str:
         lines += [f"**The replay stopped** at frame {f['read']}: {report['failure']}", ""]
     lines += ["| topic | read | processed | skipped | outputs |", "| --- | ---: | ---: | ---: | --- |"]
     for topic, s in report["topics"].items():
-        lines.append(f"| `{topic}` | {s['read']} | {s['processed']} | {s['skipped']} | "
-                     f"`{s['outputs']['mask'].rsplit('/', 1)[0]}/*` |")
+        outputs = f"`{s['outputs']['mask'].rsplit('/', 1)[0]}/*`" if s["processed"] else "none"
+        lines.append(f"| `{topic}` | {s['read']} | {s['processed']} | {s['skipped']} | {outputs} |")
+    if report["other_topics"]:
+        lines += ["", "Other topics: " + ", ".join(f"`{t}` ({o['type']}, {o['messages']} messages, {o['role']})"
+                                                  for t, o in report["other_topics"].items()) + "."]
     if f["skipped_reasons"]:
         lines += ["", "Skipped frames:", ""] + [f"- {n} x {r}" for r, n in f["skipped_reasons"].items()]
     lines += ["", "| stage | p50 ms | p95 ms | p99 ms | mean ms |", "| --- | ---: | ---: | ---: | ---: |"]
