@@ -38,7 +38,7 @@ def bench(preset: dict, images: torch.Tensor, runs: int) -> tuple[float, float, 
     size = images.shape[-2:]
     with torch.inference_mode():
         w_feat, c_feat, feats = timed(lambda: model.forward_features(images), runs)
-        w_head, c_head, _ = timed(lambda: model.head.semantic_probs(model.forward_head(feats), size), runs)
+        w_head, c_head, _ = timed(lambda: model.head.semantic_scores(model.forward_head(feats), size), runs)
     return sum(p.numel() for p in model.parameters()) / 1e6, w_feat, c_feat, w_head, c_head
 
 

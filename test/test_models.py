@@ -1,5 +1,6 @@
-"""VLTSeg models: every preset builds and maps raw RGB to per-pixel class probabilities at any size; the
-Mask2Former head gives the raw outputs the losses need; deformable attention samples where it should."""
+"""VLTSeg models: every preset builds and maps raw RGB to per-pixel class scores at any size (the light head's
+sum to 1, Mask2Former's are unnormalised); the Mask2Former head gives the raw outputs the losses need; deformable
+attention samples where it should."""
 import pytest
 import torch
 
@@ -12,9 +13,14 @@ from model_helpers import tiny_mask2former_preset
 PAPER_PRESETS = ["eva02-l14-m2f", "eva02-b16-m2f", "clip-l14-m2f", "clip-b16-m2f"]
 
 
+def assert_scores(scores: torch.Tensor, n: int, h: int, w: int, c: int = 19) -> None:
+    """Mask2Former's semantic scores: non-negative, each pixel's sum at most the number of queries."""
+    assert scores.shape == (n, c, h, w)
+    assert torch.isfinite(scores).all() and (scores >= 0).all() and (scores.sum(1) > 0).all()
+
+
 def assert_probabilities(probs: torch.Tensor, n: int, h: int, w: int, c: int = 19) -> None:
-    assert probs.shape == (n, c, h, w)
-    assert torch.isfinite(probs).all() and (probs >= 0).all()
+    assert_scores(probs, n, h, w, c)
     torch.testing.assert_close(probs.sum(1), torch.ones(n, h, w), rtol=0, atol=1e-4)
 
 
@@ -30,9 +36,9 @@ def test_paper_preset_predicts_any_size(name):
     model = build_model(name).eval()
     assert model.num_classes == 19 and model.class_table == "cityscapes"
     with torch.inference_mode():
-        assert_probabilities(model(torch.rand(1, 3, 512, 1024) * 255), 1, 512, 1024)
+        assert_scores(model(torch.rand(1, 3, 512, 1024) * 255), 1, 512, 1024)
         if "-l14-" not in name:
-            assert_probabilities(model(torch.rand(1, 3, 70, 101) * 255), 1, 70, 101)
+            assert_scores(model(torch.rand(1, 3, 70, 101) * 255), 1, 70, 101)
 
 
 def test_paper_backbone_settings():
@@ -76,7 +82,7 @@ def test_mask2former_raw_outputs_and_gradients():
     assert model.head.predictor.query_feat.weight.grad.abs().sum() > 0
     model.eval()
     with torch.inference_mode():
-        assert_probabilities(model(torch.rand(1, 3, 75, 140) * 255), 1, 75, 140, c=11)
+        assert_scores(model(torch.rand(1, 3, 75, 140) * 255), 1, 75, 140, c=11)
 
 
 def test_dinov2_backbone_keeps_timm_keys():

@@ -142,7 +142,9 @@ class Predictor:
         return fit_size(hw, self.settings.size) if self.settings.size else hw
 
     def _probs_at_input(self, images: list[np.ndarray], timings: dict) -> list[torch.Tensor]:
-        """Probabilities (C,H,W) per image at its own resolution; same-size images share backend calls."""
+        """Probabilities (C,H,W) per image at its own resolution; same-size images share backend calls. Backends
+        give unnormalised class scores (Mask2Former's): windows are averaged and resized back on those, and each
+        pixel is divided by its sum once, last (mmseg's order; normalising per window can flip overlaps)."""
         out: list[torch.Tensor | None] = [None] * len(images)
         t0 = time.perf_counter()
         groups: dict[tuple[int, int], list[int]] = {}
@@ -163,7 +165,8 @@ class Predictor:
                 timings["inference"] += time.perf_counter() - t1
             t2 = time.perf_counter()
             for j, i in enumerate(indices):
-                out[i] = self._to_input_size(probs[j], images[i].shape[:2])
+                scores = self._to_input_size(probs[j], images[i].shape[:2])
+                out[i] = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
             timings["postprocess"] += time.perf_counter() - t2
         return out
 
@@ -173,7 +176,7 @@ class Predictor:
         return F.interpolate(probs[None], size=hw, mode="bilinear", align_corners=False)[0]
 
     def _slide(self, batch: np.ndarray, timings: dict) -> torch.Tensor:
-        """Sliding-window inference: probabilities averaged where crops overlap."""
+        """Sliding-window inference: the backend's unnormalised scores averaged where crops overlap."""
         s = self.settings
         crop = tuple(self.backend.input_size) if self.backend.input_size is not None else s.crop_size
         n, _, h, w = batch.shape

@@ -31,8 +31,9 @@ class LightHead(nn.Module):
         return {"seg_logits": self.classifier(self.dropout(self.fuse(torch.cat(ups, dim=1))))}
 
     @staticmethod
-    def semantic_probs(outputs: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """Raw outputs -> (N, C, *size) per-pixel class probabilities."""
+    def semantic_scores(outputs: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Raw outputs -> (N, C, *size) per-pixel class scores: a softmax, so they already sum to 1 and the
+        predictor's one normalisation at the end (needed for Mask2Former's scores) changes nothing."""
         logits = F.interpolate(outputs["seg_logits"], size=size, mode="bilinear", align_corners=False)
         return channel_softmax(logits)
 

@@ -27,10 +27,11 @@ class Mask2FormerHead(nn.Module):
         return self.predictor(multi_scale, mask_features)
 
     @staticmethod
-    def semantic_probs(outputs: dict, size: tuple[int, int]) -> torch.Tensor:
-        """Mask2Former semantic inference (softmax(class)[..., :-1] x sigmoid(mask), masks upsampled to the input
-        first), normalised per pixel so the result is a distribution over classes."""
+    def semantic_scores(outputs: dict, size: tuple[int, int]) -> torch.Tensor:
+        """Mask2Former semantic inference, softmax(class)[..., :-1] x sigmoid(mask) with the masks upsampled to the
+        input first, left unnormalised (each pixel sums to anything in [0, Q]) as Mask2Former and mmseg return it:
+        sliding windows and TTA views are averaged on these scores and the predictor normalises once at the end
+        (normalising each window first can flip the argmax where windows overlap)."""
         masks = F.interpolate(outputs["pred_masks"], size=size, mode="bilinear", align_corners=False).sigmoid()
         cls = outputs["pred_logits"].softmax(-1)[..., :-1]
-        semseg = torch.einsum("bqc,bqhw->bchw", cls, masks)
-        return semseg / semseg.sum(1, keepdim=True).clamp_min(1e-12)
+        return torch.einsum("bqc,bqhw->bchw", cls, masks)

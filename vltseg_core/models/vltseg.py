@@ -1,5 +1,5 @@
 """The VLTSeg module: raw RGB pixels -> normalise -> pad -> ViT -> simple feature pyramid -> head ->
-per-pixel class probabilities (docs/ARCHITECTURE.md, "Model contract")."""
+per-pixel class scores (docs/ARCHITECTURE.md, "Model contract")."""
 from __future__ import annotations
 
 from typing import Any
@@ -54,9 +54,11 @@ class VLTSeg(nn.Module):
         return self.forward_head(self.forward_features(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N,3,H,W) float RGB 0..255 -> (N,C,H,W) class probabilities (each pixel sums to 1)."""
+        """(N,3,H,W) float RGB 0..255 -> (N,C,H,W) non-negative class scores, argmax = class. Not normalised
+        (Mask2Former's semantic scores; the light head's are a softmax): the predictor averages windows / views
+        on them and divides each pixel by its sum once at the end, as mmseg does."""
         h, w = images.shape[-2:]
         x = self._normalise_and_pad(images)
         outputs = self.head(self.neck(self.backbone(x)))
-        probs = self.head.semantic_probs(outputs, (x.shape[-2], x.shape[-1]))
-        return probs[:, :, :h, :w]
+        scores = self.head.semantic_scores(outputs, (x.shape[-2], x.shape[-1]))
+        return scores[:, :, :h, :w]

@@ -421,8 +421,8 @@ class Trainer:
                 h, w = sample.label.shape
                 feats, padded_label = cache[i]
                 outputs = self.model.forward_head(self.model.neck([f[None].to(self.dist.device) for f in feats]))
-                probs = self.model.head.semantic_probs(outputs, tuple(padded_label.shape))[..., :h, :w]
-                pred = probs[0].argmax(0).cpu().numpy().astype(np.uint8)
+                scores = self.model.head.semantic_scores(outputs, tuple(padded_label.shape))[..., :h, :w]
+                pred = scores[0].argmax(0).cpu().numpy().astype(np.uint8)
             cm.update(pred, sample.label)
         if self.dist.world > 1:
             mat = torch.from_numpy(cm.mat).to(self.dist.device)
