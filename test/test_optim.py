@@ -23,7 +23,8 @@ def _group_of(groups, name):
 
 def test_groups_by_name(model):
     groups = {g["name"]: g for g in param_groups(model)}
-    assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
+    assert set(groups) == {"backbone", "backbone_no_decay", "neck", "neck_no_decay", "head", "head_no_decay"}
+    assert groups["neck"]["lr"] == pytest.approx(1e-4) and groups["neck_no_decay"]["weight_decay"] == 0
     assert groups["backbone"]["lr"] == pytest.approx(1e-5) and groups["backbone"]["weight_decay"] == 0.05
     assert groups["backbone_no_decay"]["lr"] == pytest.approx(1e-5) and groups["backbone_no_decay"]["weight_decay"] == 0
     assert groups["head"]["lr"] == pytest.approx(1e-4) and groups["head"]["weight_decay"] == 0.05
@@ -57,11 +58,22 @@ def test_queries_and_level_embeddings_get_no_decay():
     assert sum("query_feat" in n for n, _ in m2f.named_parameters()) == 1
 
 
+def test_neck_at_the_backbone_lr_as_the_reimplementation(model):
+    """neck_lr_mult 0.1: the reimplementation's pyramid sits in its backbone (lr x0.1); norms still no decay."""
+    groups = param_groups(model, {"neck_lr_mult": 0.1})
+    named = dict(model.named_parameters())
+    conv = _group_of(groups, named["neck.proj.0.conv1.weight"])
+    assert (conv["name"], conv["lr"], conv["weight_decay"]) == ("neck", pytest.approx(1e-5), 0.05)
+    norm = _group_of(groups, named["neck.proj.0.norm1.weight"])
+    assert (norm["name"], norm["lr"], norm["weight_decay"]) == ("neck_no_decay", pytest.approx(1e-5), 0.0)
+    assert _group_of(groups, named["head.classifier.weight"])["lr"] == pytest.approx(1e-4)
+
+
 def test_frozen_parameters_are_left_out(model):
     model.backbone.requires_grad_(False)
     try:
         names = {g["name"] for g in param_groups(model)}
-        assert names == {"head", "head_no_decay"}
+        assert names == {"neck", "neck_no_decay", "head", "head_no_decay"}
     finally:
         model.backbone.requires_grad_(True)
 

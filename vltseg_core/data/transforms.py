@@ -1,8 +1,9 @@
 """The paper's training augmentation (the mmsegmentation pipeline VLTSeg trains with), in numpy + OpenCV.
 
-Random resize (ratio range, keeping the aspect ratio) -> random crop (at most `cat_max_ratio` of one class)
--> horizontal flip -> photometric distortion. Every random draw comes from the generator passed in, so a
-(seed, epoch, index) triple (see SegmentationDataset) gives the same sample on every run.
+Resize (fixed, as the reimplementation's `Resize(scale=(1280, 720))`, or random within a ratio range keeping the
+aspect ratio, as mmseg's `RandomResize`) -> random crop (at most `cat_max_ratio` of one class) -> horizontal
+flip -> photometric distortion. Every random draw comes from the generator passed in, so a (seed, epoch, index)
+triple (see SegmentationDataset) gives the same sample on every run.
 """
 from __future__ import annotations
 
@@ -17,17 +18,26 @@ from vltseg_core.errors import VLTSegError
 IGNORE = 255
 
 
+def resize_to_scale(image: np.ndarray, label: np.ndarray, scale: tuple[int, int], keep_ratio: bool,
+                    ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """mmcv's Resize: to exactly `scale` (width, height) times `ratio`, or with keep_ratio to fit it (long edge
+    <= the larger, short edge <= the smaller value). Image bilinear, label nearest."""
+    tw, th = int(scale[0] * ratio), int(scale[1] * ratio)
+    h, w = label.shape
+    if keep_ratio:
+        factor = min(max(tw, th) / max(h, w), min(tw, th) / min(h, w))
+        tw, th = int(w * factor + 0.5), int(h * factor + 0.5)
+    if (th, tw) == (h, w):
+        return image, label
+    return (cv2.resize(image, (tw, th), interpolation=cv2.INTER_LINEAR),
+            cv2.resize(label, (tw, th), interpolation=cv2.INTER_NEAREST))
+
+
 def random_resize(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, scale: tuple[int, int],
                   ratio_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Rescale so the image fits `scale` (long, short edge) times a ratio drawn from ratio_range, keeping the
-    aspect ratio (mmseg RandomResize keep_ratio=True). Image bilinear, label nearest."""
-    ratio = rng.uniform(*ratio_range)
-    long_edge, short_edge = int(max(scale) * ratio), int(min(scale) * ratio)
-    h, w = label.shape
-    factor = min(long_edge / max(h, w), short_edge / min(h, w))
-    size = (int(w * factor + 0.5), int(h * factor + 0.5))
-    return (cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+    """Rescale so the image fits `scale` times a ratio drawn from ratio_range, keeping the aspect ratio (mmseg
+    RandomResize keep_ratio=True)."""
+    return resize_to_scale(image, label, scale, keep_ratio=True, ratio=rng.uniform(*ratio_range))
 
 
 def random_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop_size: tuple[int, int],
@@ -93,9 +103,11 @@ def photometric_distortion(image: np.ndarray, rng: np.random.Generator, brightne
 @dataclass(frozen=True)
 class TrainTransform:
     """The training pipeline as one callable `(image, label, rng) -> (image, label)`; pass it to
-    build_dataset(..., transform=...). Defaults: the paper's real-data setting (2048x1024, crop 1024)."""
-    scale: tuple[int, int] = (2048, 1024)  # (long, short) edge before the random ratio
-    ratio_range: tuple[float, float] = (0.5, 2.0)
+    build_dataset(..., transform=...). Defaults: mmseg's random-rescale Cityscapes recipe (2048x1024 x 0.5..2.0,
+    crop 1024); the paper experiments set the reimplementation's fixed resize (ratio_range null, keep_ratio false)."""
+    scale: tuple[int, int] = (2048, 1024)  # (width, height) as mmseg's scale; with keep_ratio: (long, short) bounds
+    ratio_range: tuple[float, float] | None = (0.5, 2.0)  # None: no random ratio (a fixed resize)
+    keep_ratio: bool = True
     crop_size: tuple[int, int] = (1024, 1024)  # (height, width)
     cat_max_ratio: float = 0.75
     flip_prob: float = 0.5
@@ -113,7 +125,12 @@ class TrainTransform:
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
                  ) -> tuple[np.ndarray, np.ndarray]:
-        image, label = random_resize(image, label, rng, self.scale, self.ratio_range)
+        if self.ratio_range is None:
+            image, label = resize_to_scale(image, label, self.scale, self.keep_ratio)
+        elif not self.keep_ratio:
+            raise VLTSegError("transform: a random ratio_range needs keep_ratio: true (mmseg RandomResize)")
+        else:
+            image, label = random_resize(image, label, rng, self.scale, self.ratio_range)
         image, label = random_crop(image, label, rng, self.crop_size, self.cat_max_ratio)
         image, label = random_flip(image, label, rng, self.flip_prob)
         if self.photometric:

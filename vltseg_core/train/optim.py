@@ -12,9 +12,12 @@ from vltseg_core.errors import VLTSegError
 # Parameters whose names contain one of these get no weight decay (norms, position embeddings, queries).
 DEFAULT_NO_DECAY = ("norm", "pos_embed", "cls_token", "reg_token", "mask_token", "level_embed", "query_embed",
                     "query_feat")
+# neck_lr_mult: the reimplementation's feature pyramid (fpn1..4) is part of its backbone and so trains at the
+# backbone's lr x0.1; 1.0 trains the neck at the head's lr.
 OPTIMIZER_DEFAULTS = {"lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.999), "eps": 1e-8,
-                      "backbone_lr_mult": 0.1, "backbone_prefix": "backbone.", "no_decay_keys": DEFAULT_NO_DECAY,
-                      "grad_clip": 0.01}
+                      "backbone_lr_mult": 0.1, "backbone_prefix": "backbone.", "neck_lr_mult": 1.0,
+                      "neck_prefix": "neck.", "no_decay_keys": DEFAULT_NO_DECAY, "grad_clip": 0.01}
+PARTS = ("backbone", "neck", "head")
 SCHEDULE_DEFAULTS = {"iterations": 20000, "constant_iterations": 500, "power": 0.9, "min_lr_ratio": 0.0}
 
 
@@ -26,22 +29,29 @@ def _merged(section: dict | None, defaults: dict, what: str) -> dict:
     return {**defaults, **section}
 
 
+def _part(name: str, cfg: dict) -> str:
+    if name.startswith(cfg["backbone_prefix"]):
+        return "backbone"
+    return "neck" if name.startswith(cfg["neck_prefix"]) else "head"
+
+
 def param_groups(model: nn.Module, cfg: dict | None = None) -> list[dict]:
-    """Trainable parameters in up to four groups: backbone / rest x decay / no decay. Each group carries its own
-    `lr`, `weight_decay` and a `name` (for logging and tests)."""
+    """Trainable parameters in up to six groups: backbone / neck / head x decay / no decay. Each group carries its
+    own `lr`, `weight_decay` and a `name` (for logging, --print-config and tests)."""
     cfg = _merged(cfg, OPTIMIZER_DEFAULTS, "optimizer")
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    lr_mult = {"backbone": cfg["backbone_lr_mult"], "neck": cfg["neck_lr_mult"], "head": 1.0}
+    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        key = (name.startswith(cfg["backbone_prefix"]), not any(k in name for k in cfg["no_decay_keys"]))
+        key = (PARTS.index(_part(name, cfg)), not any(k in name for k in cfg["no_decay_keys"]))
         groups.setdefault(key, []).append(param)
     out = []
-    for (is_backbone, decay), params in sorted(groups.items()):
+    for (part, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
         out.append({
-            "name": ("backbone" if is_backbone else "head") + ("" if decay else "_no_decay"),
+            "name": PARTS[part] + ("" if decay else "_no_decay"),
             "params": params,
-            "lr": cfg["lr"] * (cfg["backbone_lr_mult"] if is_backbone else 1.0),
+            "lr": cfg["lr"] * lr_mult[PARTS[part]],
             "weight_decay": cfg["weight_decay"] if decay else 0.0,
         })
     if not out:

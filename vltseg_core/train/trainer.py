@@ -34,8 +34,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "iterations": 20000, "batch_size": 8, "precision": "fp32", "seed": 0, "freeze_backbone": False,
     "feature_cache": False, "checkpoint_interval": 1000, "eval_interval": 0, "log_interval": 10,
 }
-TOP_KEYS = {"name", "description", "model", "num_classes", "backbone_weights", "data", "train", "optimizer",
-            "schedule", "loss", "paper"}
+TOP_KEYS = {"name", "description", "model", "model_overrides", "num_classes", "backbone_weights", "data", "train",
+            "optimizer", "schedule", "loss", "test", "paper"}
+TEST_KEYS = {"mode", "size", "crop_size", "stride", "crops_per_batch", "min_confidence"}
 
 
 # ------------------------------------------------------------------------------------------------ configuration
@@ -75,7 +76,81 @@ def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None
         raise VLTSegError(f"train.feature_cache needs train.freeze_backbone: true ({path})")
     cfg["schedule"] = {**cfg.get("schedule", {}), "iterations": cfg["train"]["iterations"]}
     cfg.setdefault("name", path.stem)
+    bad = sorted(set(cfg.get("test") or {}) - TEST_KEYS)
+    if bad:
+        raise VLTSegError(f"unknown test option(s) {bad} in {path} (expected some of {sorted(TEST_KEYS)})")
+    from vltseg_core.predictor import InferenceSettings
+
+    InferenceSettings.from_preset(resolved_preset(cfg))  # a bad protocol fails here, not after hours of training
     return cfg
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolved_preset(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The experiment's model: its preset with `model_overrides` merged in and the experiment's own `test:`
+    protocol on top of the preset's. The trained model carries this preset (and so its checkpoint's sidecar), so
+    training-time validation, `vltseg eval`, replay and export defaults all test the way the experiment says."""
+    from vltseg_core.models import load_preset
+
+    preset = _deep_merge(load_preset(cfg["model"]), cfg.get("model_overrides") or {})
+    if cfg.get("test"):
+        preset["test"] = {**(preset.get("test") or {}), **cfg["test"]}
+    return preset
+
+
+def resolved_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run of `cfg` uses, defaults filled in: model preset, data and transform, optimizer groups
+    (lr, weight decay, parameter counts), schedule, loss weights, test protocol. Builds the model on the meta
+    device (no memory, no weights, no datasets), so it is cheap enough for `vltseg train --print-config`."""
+    import dataclasses
+    import inspect
+
+    from vltseg_core.data.transforms import TrainTransform
+    from vltseg_core.models import build_model
+    from vltseg_core.predictor import InferenceSettings
+    from vltseg_core.train.losses import Mask2FormerLoss, PixelCrossEntropy
+    from vltseg_core.train.optim import SCHEDULE_DEFAULTS, _merged, param_groups
+
+    preset = resolved_preset(cfg)
+    with torch.device("meta"):
+        model = build_model(preset, cfg.get("num_classes"))
+    if cfg["train"]["freeze_backbone"]:
+        model.backbone.requires_grad_(False)
+    optimizer = _merged(cfg.get("optimizer"), OPTIMIZER_DEFAULTS, "optimizer")
+    groups = [{"name": g["name"], "lr": g["lr"], "weight_decay": g["weight_decay"], "tensors": len(g["params"]),
+               "parameters": sum(p.numel() for p in g["params"])} for g in param_groups(model, optimizer)]
+    loss_cls = Mask2FormerLoss if preset["head"]["type"] == "mask2former" else PixelCrossEntropy
+    loss = {k: v.default for k, v in inspect.signature(loss_cls).parameters.items()
+            if v.default is not inspect.Parameter.empty}
+    data = dict(cfg["data"])
+    if cfg["train"]["feature_cache"]:
+        data["transform"] = "none (feature cache of the untransformed frames)"
+    else:
+        data["transform"] = dataclasses.asdict(TrainTransform.from_config(data.get("transform", {})))
+    resolved = {
+        "name": cfg["name"], "paper": cfg.get("paper"), "model": preset, "num_classes": model.num_classes,
+        "backbone_weights": cfg.get("backbone_weights"), "data": data, "train": cfg["train"],
+        "optimizer": {**optimizer, "groups": groups},
+        "schedule": _merged(cfg.get("schedule"), SCHEDULE_DEFAULTS, "schedule"),
+        "loss": {"type": loss_cls.__name__, **loss, **(cfg.get("loss") or {})},
+        "test": dataclasses.asdict(InferenceSettings.from_preset(preset)),
+    }
+    return _plain(resolved)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists all the way down, so the result dumps as plain YAML."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -120,7 +195,7 @@ def build_training_model(cfg: dict[str, Any]) -> nn.Module:
     """The preset with its initial backbone weights (`backbone_weights`: 'demo', a checkpoint path, or none)."""
     from vltseg_core.models import build_model
 
-    model = build_model(cfg["model"], cfg.get("num_classes"))
+    model = build_model(resolved_preset(cfg), cfg.get("num_classes"))
     weights = cfg.get("backbone_weights")
     if weights == "demo":
         from vltseg_core.demo_backbone import load_demo_backbone_state
