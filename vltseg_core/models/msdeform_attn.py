@@ -68,4 +68,10 @@ class MSDeformAttn(nn.Module):
         # Offsets are in pixels of each level: divide x by W_l and y by H_l.
         scale = torch.stack([torch.stack([query.new_ones(()) / w, query.new_ones(()) / h]) for h, w in spatial_shapes])
         locations = reference_points[:, :, None, :, None, :] + offsets * scale[None, None, None, :, None, :]
+        if torch.is_autocast_enabled(query.device.type):
+            # Mask2Former runs the sampling in fp32 under mixed precision (its CUDA op is fp32 only): bf16 keeps
+            # 8 significant bits, coarse for normalised sampling locations on the large fine levels.
+            with torch.autocast(query.device.type, enabled=False):
+                sampled = ms_deform_attn_sample([v.float() for v in values], locations.float(), weights.float())
+            return self.output_proj(sampled)
         return self.output_proj(ms_deform_attn_sample(values, locations, weights))

@@ -12,8 +12,8 @@ from vltseg_core.models.msdeform_attn import MSDeformAttn
 from vltseg_core.models.position_encoding import PositionEmbeddingSine
 
 
-def conv_gn(in_ch: int, out_ch: int, kernel: int, relu: bool = False) -> nn.Sequential:
-    layers = OrderedDict(conv=nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False), norm=nn.GroupNorm(32, out_ch))
+def conv_gn(in_ch: int, out_ch: int, kernel: int, relu: bool = False, bias: bool = False) -> nn.Sequential:
+    layers = OrderedDict(conv=nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias), norm=nn.GroupNorm(32, out_ch))
     if relu:
         layers["relu"] = nn.ReLU(inplace=True)
     return nn.Sequential(layers)
@@ -55,18 +55,27 @@ class MSDeformAttnPixelDecoder(nn.Module):
                  num_heads: int = 8, num_points: int = 4, ffn_dim: int = 1024, dropout: float = 0.0):
         super().__init__()
         self.num_levels = 3
-        self.input_proj = nn.ModuleList([conv_gn(in_channels, conv_dim, 1) for _ in range(self.num_levels)])
+        # Initialisation as Mask2Former's: input projections (with bias) xavier, bias 0; encoder weight matrices
+        # xavier, then Deformable DETR's MSDeformAttn init; lateral / output / mask convs c2_xavier_fill.
+        self.input_proj = nn.ModuleList([conv_gn(in_channels, conv_dim, 1, bias=True) for _ in range(self.num_levels)])
         self.level_embed = nn.Parameter(torch.empty(self.num_levels, conv_dim))
-        nn.init.normal_(self.level_embed)
         self.layers = nn.ModuleList([DeformableEncoderLayer(conv_dim, ffn_dim, self.num_levels, num_heads, num_points, dropout)
                                      for _ in range(num_layers)])
+        for p in self.layers.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for layer in self.layers:
+            layer.self_attn._reset_parameters()
+        nn.init.normal_(self.level_embed)
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2)
         self.lateral_conv = conv_gn(in_channels, conv_dim, 1)
         self.output_conv = conv_gn(conv_dim, conv_dim, 3, relu=True)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 1)
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj.conv.weight, gain=1)
-        nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
+            nn.init.constant_(proj.conv.bias, 0)
+        for conv in (self.lateral_conv.conv, self.output_conv.conv, self.mask_features):  # detectron2 c2_xavier_fill
+            nn.init.kaiming_uniform_(conv.weight, a=1)
         nn.init.constant_(self.mask_features.bias, 0)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
