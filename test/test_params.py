@@ -90,3 +90,30 @@ def test_qos_overrides_apply_to_their_own_camera_only():
             assert reliability == {"a": ReliabilityPolicy.RELIABLE, "b": ReliabilityPolicy.BEST_EFFORT}
             assert node.trigger_deactivate() == node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert LIVE_INPUT.reliability == ReliabilityPolicy.BEST_EFFORT
+
+
+def test_each_declared_qos_override_changes_the_subscription():
+    """docs/ros.md promises qos_overrides.<topic>.subscription.{history,depth,reliability,durability}: each one is
+    declared for every input and changes that input's subscription (durability was silently ignored)."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+    from ros_helpers import node_in_process, tiny_onnx
+
+    overrides = {"history": ("keep_all", "history", HistoryPolicy.KEEP_ALL),
+                 "depth": (5, "depth", 5),
+                 "reliability": ("reliable", "reliability", ReliabilityPolicy.RELIABLE),
+                 "durability": ("transient_local", "durability", DurabilityPolicy.TRANSIENT_LOCAL)}
+    params = {f"qos_overrides./{policy}/image.subscription.{policy}": value
+              for policy, (value, _, _) in overrides.items()}
+    with node_in_process(model=str(tiny_onnx()), backend="onnxruntime", cameras=list(overrides), **params) as node:
+        assert node.trigger_configure() == node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        declared = {name for name in node._parameters if name.startswith("qos_overrides.")}
+        assert declared == {f"qos_overrides./{cam}/image.subscription.{policy}" for cam in overrides
+                            for policy in overrides}
+        live = {"history": HistoryPolicy.KEEP_LAST, "depth": 1, "reliability": ReliabilityPolicy.BEST_EFFORT,
+                "durability": DurabilityPolicy.VOLATILE}
+        for cam in node._cameras:
+            profile = cam.subscriptions[0].qos_profile
+            expected = dict(live, **{overrides[cam.name][1]: overrides[cam.name][2]})
+            assert {policy: getattr(profile, policy) for policy in live} == expected, cam.name
+        assert node.trigger_deactivate() == node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import signal
 import sys
 import threading
 import time
@@ -21,11 +22,12 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -48,6 +50,10 @@ EVALUATION_INPUT = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=Reliab
 # evaluation loses nothing.
 LIVE_OUTPUT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 EVALUATION_OUTPUT = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+# The `qos_overrides.<input topic>.subscription.*` parameters each input declares (docs/ros.md);
+# QoSOverridingOptions.with_default_policies() would leave out durability.
+INPUT_QOS_OVERRIDES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY,
+                       QoSPolicyKind.DURABILITY)
 
 
 @dataclass
@@ -181,7 +187,7 @@ class SegmentationNode(LifecycleNode):
             # it is given, so each subscription gets its own copy (else one camera's override leaks to the next).
             cam.subscriptions.append(self.create_subscription(
                 msg_type, cam.input_topic, self._on_image(cam), copy.copy(LIVE_INPUT if live else EVALUATION_INPUT),
-                qos_overriding_options=QoSOverridingOptions.with_default_policies()))
+                qos_overriding_options=QoSOverridingOptions(INPUT_QOS_OVERRIDES)))
             if self._param("use_camera_info"):
                 cam.subscriptions.append(self.create_subscription(
                     CameraInfo, cam.topic("camera_info"), self._on_camera_info(cam),
@@ -389,19 +395,26 @@ def main(args: list[str] | None = None) -> int:
     """`ros2 run vltseg_ros segmentation_node` / the `segmentation_node` console script."""
     # vltseg_core reports long steps (backend choice, ONNX export, engine build) through `logging`.
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [vltseg] %(message)s")
-    rclpy.init(args=args)
+    # rclpy's signal handler would shut the context down at once, under the worker's publish (an ERROR at every
+    # Ctrl-C of a busy node); Python's KeyboardInterrupt in this thread lets `finally` stop the worker first.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # what `ros2 launch` sends after SIGINT: same path
     node = SegmentationNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
         if node.get_parameter("autostart").value:
             for transition, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
                 if trigger() != TransitionCallbackReturn.SUCCESS:  # the transition logged why
                     node.get_logger().info(f"autostart: {transition} did not succeed; exiting with code 2")
                     return 2
-        rclpy.spin(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)  # a bounded wait: Python runs its signal handler in between
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         node._stop_processing()
+        executor.remove_node(node)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
