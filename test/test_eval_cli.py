@@ -86,3 +86,34 @@ def test_eval_cli_unusable_out_fails_before_evaluating(tmp_path, camvid_tiny, ca
     assert main(["eval", "--model", "tiny-test", "--data", f"camvid:{camvid_tiny}", "--out", str(out)]) == 2
     # the only line: no model was loaded (its warning) and no evaluation ran (its progress bar)
     assert capsys.readouterr().err.strip() == f"vltseg eval: error: [Errno 17] File exists: '{out}'"
+
+
+def test_experiment_test_protocol_travels_in_the_sidecar_and_eval_overrides_it(tmp_path, camvid_tiny):
+    """An experiment's `test:` block is in its model's preset, so in the checkpoint's sidecar, so it is what
+    `vltseg eval` runs; --size/--crop/--stride override it and appear in the reproduce-this-report command."""
+    import yaml
+
+    from vltseg_core.checkpoint import save_checkpoint
+    from vltseg_core.models import build_model
+    from vltseg_core.predictor import load_predictor
+    from vltseg_core.train.trainer import load_experiment, resolved_preset
+
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "model": "tiny-test", "data": {"train": {"kind": "camvid", "root": str(camvid_tiny), "split": "train"}},
+        "test": {"mode": "slide", "size": [30, 40], "crop_size": [24, 24], "stride": [16, 16]}}))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(resolved_preset(load_experiment(experiment))), tmp_path / "exp.safetensors")
+    settings = load_predictor(str(ckpt)).settings
+    assert (settings.mode, settings.size, settings.crop_size, settings.stride) == ("slide", (30, 40), (24, 24), (16, 16))
+
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(ckpt), "--data", f"camvid:{camvid_tiny}", "--crop", "20x20",
+                 "--stride", "10x12", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    protocol = {k: report["predictor"][k] for k in ("mode", "size", "crop_size", "stride")}
+    assert protocol == {"mode": "slide", "size": [30, 40], "crop_size": [20, 20], "stride": [10, 12]}
+    assert "--crop 20x20 --stride 10x12" in report["command"]
+    assert main(["eval", "--model", str(ckpt), "--data", f"camvid:{camvid_tiny}", "--size", "big",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

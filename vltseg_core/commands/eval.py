@@ -5,6 +5,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from vltseg_core.commands.protocol_args import add_protocol_args, apply_protocol_args, protocol_flags
 from vltseg_core.data.datasets import DATASETS, build_dataset, parse_dataset_spec
 from vltseg_core.errors import VLTSegError
 from vltseg_core.evaluation import TTA, evaluate, write_reports
@@ -15,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action="append", required=True, metavar="KIND:ROOT[:SPLIT]",
                         help=f"a target dataset (repeat for the domain-generalization table); KIND: {', '.join(DATASETS)}")
     parser.add_argument("--mode", choices=("whole", "slide"), default=None, help="inference mode (default: the preset's)")
+    add_protocol_args(parser)
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: multi-scale + horizontal flip")
     parser.add_argument("--tta-scales", default=None, metavar="S[,S...]",
                         help=f"TTA scales (default {','.join(map(str, TTA.scales))})")
@@ -26,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vltseg_core.predictor import load_predictor
+    from vltseg_core.predictor import InferenceSettings, load_predictor
 
+    apply_protocol_args(InferenceSettings(), args)  # a malformed --size/--crop/--stride fails before anything loads
     if args.limit is not None and args.limit < 1:
         raise VLTSegError(f"--limit {args.limit} (expected a positive number of images)")
     tta = None
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)  # and before the evaluation, which may take hours
     predictor = load_predictor(args.model, backend=args.backend, device=args.device, precision=args.precision,
                                mode=args.mode)
+    predictor.settings = apply_protocol_args(predictor.settings, args)
     report = evaluate(predictor, datasets, tta=tta, limit=args.limit, model=args.model)
     report["command"] = _command_line(args)
     paths = write_reports(report, args.out)
@@ -58,6 +62,7 @@ def _command_line(args: argparse.Namespace) -> str:
     for flag in ("mode", "tta_scales", "limit"):
         if getattr(args, flag) is not None:
             parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    parts += protocol_flags(args)
     parts += ["--tta"] if args.tta else []
     parts += [x for flag in ("backend", "device", "precision") for x in (f"--{flag}", getattr(args, flag))]
     return "vltseg eval " + shlex.join(parts + ["--out", str(args.out)])
