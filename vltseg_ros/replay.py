@@ -286,12 +286,14 @@ def select_image_topics(reader: AnyReader, bag: Path, topics: list[str] | None, 
 
 
 def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None, labels: str | None = None,
-           copy_inputs: bool = False, video: bool = False, label_map: str | None = None) -> dict:
+           copy_inputs: bool = False, video: bool = False, label_map: str | None = None,
+           labels_optional: bool = False) -> dict:
     """Run `predictor` over the image topics of `bag` (ROS 1 or rosbag2); write `out_dir/bag` (a rosbag2),
     report.{json,md}, plots, videos.
 
-    `labels`: a label topic of the bag or a folder of label PNGs; `label_map`: a dataset label map
-    (configs/datasets/) when they hold that dataset's raw ids instead of trainIds.
+    `labels`: a label topic of the bag or a folder of label PNGs (`labels_optional`: a topic this bag lacks means
+    no labels, as for one bag of several); `label_map`: a dataset label map (configs/datasets/) when they hold that
+    dataset's raw ids instead of trainIds.
 
     Returns the report. A bag that breaks off part-way, or a predictor, output or video failure part-way, keeps
     everything done so far: the output bag and report are written, then a VLTSegError says where it broke.
@@ -304,6 +306,8 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
         raise VLTSegError(f"output bag {out_bag} already exists (expected a new --out folder; nothing overwritten)")
     try:
         label_topic = labels if labels in {c.topic for c in reader.connections} else None
+        if labels_optional and not label_topic and not Path(labels or "").is_dir():
+            labels = None
         selected = select_image_topics(reader, bag, topics, label_topic)
         label_source = None
         if label_topic:
