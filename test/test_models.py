@@ -25,7 +25,20 @@ def assert_probabilities(probs: torch.Tensor, n: int, h: int, w: int, c: int = 1
 
 
 def test_presets_listed():
-    assert set(PAPER_PRESETS + ["tiny-test"]) <= set(list_presets())
+    assert set(PAPER_PRESETS + ["tiny-test", "eva02-l14p16-m2f"]) <= set(list_presets())
+
+
+@pytest.mark.parametrize("name, divisor, grids", [
+    ("eva02-l14-m2f", 28, [(152, 296), (76, 148), (38, 74), (19, 37)]),  # native /14: strides 3.5/7/14/28
+    ("eva02-l14p16-m2f", 32, [(128, 256), (64, 128), (32, 64), (16, 32)]),  # deploy variant: 4/8/16/32
+])
+def test_l14_patch_grids(name, divisor, grids):
+    """The paper model keeps EVA02-L's 14-pixel patches (a 512x1024 input pads to 532x1036, 38x74 tokens); the
+    deploy variant resamples them to 16. Built on the meta device: shapes only, no 300M-parameter init."""
+    with torch.device("meta"):
+        model = build_model(name)
+        feats = model.forward_features(torch.zeros(1, 3, 512, 1024))
+    assert model.size_divisor == divisor and [tuple(f.shape[-2:]) for f in feats] == grids
 
 
 @pytest.mark.parametrize("name", PAPER_PRESETS)
@@ -44,6 +57,7 @@ def test_paper_preset_predicts_any_size(name):
 def test_paper_backbone_settings():
     preset = load_preset("eva02-l14-m2f")
     assert preset["backbone"]["out_indices"] == [9, 14, 19, 23]
+    assert preset["backbone"]["patch_size"] == 14 and preset["backbone"]["drop_path_rate"] == 0.2
     assert preset["test"] == {"mode": "slide", "size": [1024, 2048], "crop_size": [1024, 1024], "stride": [768, 768]}
     # as mmseg's test pipeline: a BDD frame is resized to fit 2048x1024 first, a Cityscapes frame stays as it is
     assert fit_size((720, 1280), tuple(preset["test"]["size"])) == (1024, 1820)
