@@ -232,3 +232,19 @@ def test_ros1_bag_damaged_part_way_keeps_what_was_processed(tmp_path, predictor)
     assert saved["frames"]["processed"] + saved["frames"]["skipped"] == saved["frames"]["read"]
     masks = read_any(tmp_path / "out" / "bag")["/cam/rgb/segmentation/mask"]
     assert len(masks) == saved["frames"]["processed"]
+
+
+def test_cli_protocol_overrides_reach_the_report(tmp_path, capsys):
+    """`--size` (the shared protocol flags of `vltseg eval`) sets the network input size; the masks stay at the
+    frame's resolution."""
+    bag = write_ros1_bag(tmp_path / "robot.bag", n=1, streams=(RGB, JPEG))
+    rc = cli_main(["replay", str(bag), "--model", "tiny-test", "--out", str(tmp_path / "out"), "--size", "20x28"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["size"] == [20, 28] and report["frames"]["processed"] == 2
+    masks = read_any(tmp_path / "out" / "bag")[f"{RGB}/segmentation/mask"]
+    assert (masks[0][1].height, masks[0][1].width) == (H, W)
+    capsys.readouterr()
+    assert cli_main(["replay", str(bag), "--model", "tiny-test", "--out", str(tmp_path / "bad"), "--size", "big"]) == 2
+    assert capsys.readouterr().err.strip().startswith("vltseg replay: error: --size: ")
+    assert not (tmp_path / "bad").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vltseg_core.commands.protocol_args import add_protocol_args, apply_protocol_args
 from vltseg_core.errors import VLTSegError
 
 
@@ -17,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8 (backend permitting)")
     parser.add_argument("--mode", default=None, choices=("whole", "slide"), help="override the preset's mode")
+    add_protocol_args(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder (bag/, report.json, report.md, plots)")
     parser.add_argument("--topics", nargs="+", help="image topics to segment (default: every Image/CompressedImage)")
     parser.add_argument("--labels", help="label image topic in the bag, or a folder of label PNGs (named <stamp>.png, "
@@ -43,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.bags or not args.model:
         raise VLTSegError("expected BAG... and --model (or --merge SHARD_DIR... to combine shard reports)")
+    from vltseg_core.predictor import InferenceSettings
+
+    apply_protocol_args(InferenceSettings(), args)  # a malformed --size/--crop/--stride fails before anything loads
     options = {"topics": args.topics, "labels": args.labels, "copy_inputs": args.copy_inputs, "video": args.video,
                "label_map": args.label_map}
     if len(args.bags) == 1 and is_bag(args.bags[0]) and args.shard is None:
@@ -69,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predictor(args: argparse.Namespace):
+    """The model with the command line's protocol overrides (recorded in its identity, so in every report)."""
     from vltseg_core.predictor import load_predictor
 
-    return load_predictor(args.model, args.backend, args.device, args.precision, args.mode)
+    predictor = load_predictor(args.model, args.backend, args.device, args.precision, args.mode)
+    predictor.settings = apply_protocol_args(predictor.settings, args)
+    return predictor
 
 
 def _print_set(report: dict, verb: str) -> None:
