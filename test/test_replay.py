@@ -237,7 +237,8 @@ def test_replay_without_rosbags_is_one_line(tmp_path, monkeypatch, capsys):
 
     for name in [m for m in sys.modules if m.partition(".")[0] == "rosbags"] + ["rosbags"]:
         monkeypatch.setitem(sys.modules, name, None)
-    for name in ("vltseg_ros.replay", "vltseg_ros.image_conversions", "vltseg_ros.commands.replay"):
+    for name in ("vltseg_ros.replay", "vltseg_ros.replay_set", "vltseg_ros.bag_reading", "vltseg_ros.image_conversions",
+                 "vltseg_ros.commands.replay"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     rc = cli_main(["replay", str(tmp_path / "in"), "--model", "tiny-test", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vltseg_core.commands.eval", "mIoU / per-class IoU on one or more datasets"),
     "export": ("vltseg_core.commands.export", "export ONNX / build TensorRT engines"),
     "bench": ("vltseg_core.commands.bench", "latency and throughput benchmarks"),
-    "replay": ("vltseg_ros.commands.replay", "run a model over a rosbag2 and write masks, report and plots"),
+    "replay": ("vltseg_ros.commands.replay", "run a model over ROS 1 / rosbag2 bags (many, sharded) and write masks, report and plots"),
     "demo": ("vltseg_ros.commands.demo", "the one-command demo: the real node on real dashcam footage"),
 }
 # Import name -> the setup.py extra that installs it (what a missing-package error tells the user to install).
