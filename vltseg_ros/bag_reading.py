@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections import Counter
 import struct
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def find_bags(paths: list[Path]) -> list[Path]:
             raise VLTSegError(f"folder {path} holds no bag (expected .bag files, rosbag2 directories, .mcap or .db3 "
                               f"files)")
         found += inside
-    duplicates = sorted({str(p) for p in found if found.count(p) > 1})
+    duplicates = sorted(str(p) for p, n in Counter(p.absolute() for p in found).items() if n > 1)
     if duplicates:
         raise VLTSegError(f"bag named twice: {', '.join(duplicates)} (expected each recording once)")
     return found
