@@ -33,7 +33,7 @@ BEST_EFFORT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=R
 def tiny_onnx() -> Path:
     """The seeded tiny-test model as a dynamic-size ONNX graph (exported once per machine, in the asset cache), so
     the node process and the test process run exactly the same weights."""
-    from vltseg_core.export.onnx_export import cached_onnx
+    from vltseg_core.verify.parity import cached_onnx
     from vltseg_core.models import build_model
 
     torch.manual_seed(0)

@@ -2,13 +2,15 @@
 modes, fp16 on CPU, backend selection, and clear errors for bad graphs and wrong sizes."""
 import logging
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from vltseg_core.backends.base import Backend, available_backends, choose_backend
+from vltseg_core.backends.base import Backend
+from vltseg_core.backends.factory import available_backends, choose_backend
 from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
 from vltseg_core.backends.torch_backend import TorchBackend
 from vltseg_core.classes import load_class_table
@@ -117,6 +119,37 @@ def test_graph_errors(fixed_onnx, tmp_path):
         OnnxRuntimeBackend(fixed_onnx, device="cuda")
 
 
+def test_gpu_provider_that_did_not_load_is_one_line_not_a_cpu_run(fixed_onnx, monkeypatch, caplog):
+    """onnxruntime lists providers compiled into the wheel, and a session whose GPU provider cannot load only warns
+    and runs on the CPU. Here the CPU wheel is made to list CUDA: the real session then really falls back, and the
+    backend refuses it (or, opted in, warns)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime really has CUDA")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(VLTSegError, match=r"backend onnxruntime \(tiny_fixed.onnx\): device 'cuda:1' was requested "
+                                          r"but the session runs on CPUExecutionProvider only"):
+        OnnxRuntimeBackend(fixed_onnx, device="cuda:1")
+    monkeypatch.setenv("VLTSEG_ALLOW_PROVIDER_FALLBACK", "1")
+    with caplog.at_level(logging.WARNING, logger="vltseg_core.backends.onnxruntime_backend"):
+        backend = OnnxRuntimeBackend(fixed_onnx, device="cuda")
+    assert "running anyway" in caplog.text and backend.identity()["providers"] == ["CPUExecutionProvider"]
+
+
+def test_tensorrt_provider_gets_explicit_profile_shapes():
+    from vltseg_core.backends.onnxruntime_backend import providers_for
+
+    providers = providers_for("cuda:1", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                              cache_dir=Path("/tmp"),
+                              profile=((1, 3, 256, 512), (1, 3, 512, 1024), (4, 3, 1024, 2048)))
+    trt_options = dict(p for p in providers if isinstance(p, tuple))["TensorrtExecutionProvider"]
+    assert trt_options["device_id"] == 1 and "trt_fp16_enable" not in trt_options  # fp16 = the float16 graph
+    assert (trt_options["trt_profile_min_shapes"], trt_options["trt_profile_opt_shapes"],
+            trt_options["trt_profile_max_shapes"]) == ("images:1x3x256x512", "images:1x3x512x1024", "images:4x3x1024x2048")
+    assert providers[1] == ("CUDAExecutionProvider", {"device_id": 1}) and providers[-1] == "CPUExecutionProvider"
+
+
 def test_selection_by_name_and_auto(fixed_onnx, caplog):
     assert choose_backend("auto", "engine", "cpu") == ("tensorrt", "a serialized TensorRT engine was given")
     assert choose_backend("auto", "model", "cpu") == (
@@ -173,15 +206,15 @@ def test_load_predictor_exports_a_cached_graph_for_onnxruntime(tmp_path, monkeyp
 
 def test_cached_graph_is_keyed_by_the_model_code(tmp_path, monkeypatch):
     """A release that changes the model code (or torch) must not run a graph exported by an older one."""
-    from vltseg_core.export import onnx_export
+    from vltseg_core.verify import parity
     from vltseg_core.models import build_model
 
     monkeypatch.setenv("VLTSEG_HOME", str(tmp_path))
     torch.manual_seed(0)
     model = build_model("tiny-test").eval()
-    first = onnx_export.cached_onnx(model, "tiny-test")
-    monkeypatch.setattr(onnx_export, "graph_code_digest", lambda: "code of another release")
-    second = onnx_export.cached_onnx(model, "tiny-test")
+    first = parity.cached_onnx(model, "tiny-test")
+    monkeypatch.setattr(parity, "graph_code_digest", lambda: "code of another release")
+    second = parity.cached_onnx(model, "tiny-test")
     assert second != first and first.is_file() and second.is_file()
 
 

@@ -22,7 +22,7 @@ def make_spec(**changes) -> EngineSpec:
     spec = EngineSpec(onnx_sha256="a" * 64, tensorrt_version="10.3.0", gpu_name="NVIDIA Jetson AGX Orin",
                       compute_capability="8.7", precision="fp16",
                       profile=InputProfile("images", (1, 3, 512, 1024), (1, 3, 512, 1024), (1, 3, 512, 1024)),
-                      builder_flags=builder_flags("fp16"))
+                      builder_flags=builder_flags("fp16"), network_onnx_sha256="d" * 64)
     return dataclasses.replace(spec, **changes)
 
 
@@ -43,7 +43,7 @@ def test_key_changes_with_every_component():
         "onnx_sha256": "b" * 64, "tensorrt_version": "10.4.0", "gpu_name": "NVIDIA GeForce RTX 4090",
         "compute_capability": "8.9", "precision": "fp32",
         "profile": InputProfile("images", (1, 3, 512, 512), (1, 3, 512, 1024), (1, 3, 1024, 2048)),
-        "builder_flags": builder_flags("fp16", workspace_mib=1024),
+        "builder_flags": builder_flags("fp16", workspace_mib=1024), "network_onnx_sha256": "e" * 64,
     }
     assert set(variants) == {f.name for f in dataclasses.fields(EngineSpec)}
     keys = {base.key()}
@@ -156,20 +156,25 @@ def test_profiles():
 
 
 def test_flags_and_paths(tmp_path):
-    assert builder_flags("fp32") == ("workspace_mib=4096",)
-    assert "FP16" in builder_flags("fp16") and "BF16" in builder_flags("bf16")
-    assert {"INT8", "FP16"} <= set(builder_flags("int8"))
-    with pytest.raises(VLTSegError, match="unknown TensorRT precision 'fp8'"):
-        builder_flags("fp8")
+    """Every engine is strongly typed: no precision flags (the graph's types are the engine's), TF32 off unless
+    asked; bf16 is refused (no CPU check of a bf16 graph exists)."""
+    assert builder_flags("fp32") == ("no_tf32", "strongly_typed", "workspace_mib=4096")
+    assert builder_flags("fp16") == builder_flags("int8") == builder_flags("fp32")
+    assert "tf32" in builder_flags("fp32", allow_tf32=True)
+    for bad in ("fp8", "bf16"):
+        with pytest.raises(VLTSegError, match=f"unknown TensorRT precision '{bad}'"):
+            builder_flags(bad)
     spec = make_spec()
     engine = default_engine_path(tmp_path / "demo.onnx", spec)
     assert engine.name == f"demo.fp16.nvidia-jetson-agx-orin-sm87.{spec.key()[:8]}.engine"
-    assert timing_cache_path(engine, spec).name == "timing-trt10.3.0-nvidia-jetson-agx-orin-sm87.cache"
+    assert timing_cache_path(engine, spec).name == f"timing-nvidia-jetson-agx-orin-sm87-{spec.key()[:16]}.cache"
     # Nodes asking for another profile or other flags get their own slot instead of rebuilding this one.
     other_profile = make_spec(profile=InputProfile("images", (1, 3, 360, 480), (1, 3, 360, 480), (1, 3, 360, 480)))
     other_flags = make_spec(builder_flags=builder_flags("fp16", workspace_mib=1024))
     paths = {default_engine_path(tmp_path / "demo.onnx", s) for s in (spec, other_profile, other_flags)}
-    assert len(paths) == 3 and timing_cache_path(engine, other_profile) == timing_cache_path(engine, spec)
+    assert len(paths) == 3
+    # one timing cache per engine spec: parallel builds of different engines never overwrite each other's
+    assert len({timing_cache_path(engine, s) for s in (spec, other_profile, other_flags)}) == 3
 
 
 def _contend(engine: str, log_file: str, precision: str, force: bool, barrier) -> None:

@@ -13,9 +13,10 @@ import torch
 
 from vltseg_core.cli import main
 from vltseg_core.errors import VLTSegError
-from vltseg_core.export import onnx_export
-from vltseg_core.export.fp16_check import check_fp16
-from vltseg_core.export.onnx_export import check_parity, export_onnx, graph_metadata
+from vltseg_core.export.onnx_export import export_onnx, graph_metadata
+from vltseg_core.verify import parity as parity_module
+from vltseg_core.verify.fp16 import check_fp16
+from vltseg_core.verify.parity import check_parity
 from vltseg_core.models import build_model
 from model_helpers import tiny_mask2former_preset
 
@@ -52,7 +53,7 @@ def test_deploy_outputs_and_parity_failure(tmp_path):
     probs, labels, confidence = session.run(None, {"images": images})
     assert labels.dtype == np.int32 and labels.shape == (1, 96, 128)
     np.testing.assert_array_equal(labels, probs.argmax(1))
-    np.testing.assert_allclose(confidence, probs.max(1), atol=1e-7)
+    np.testing.assert_allclose(confidence, probs.max(1) / probs.sum(1), atol=1e-6)  # the predictor's confidence
     assert check_parity(model, path, [(96, 128)])[0].argmax_agreement > 0.999
     torch.manual_seed(1)
     other = build_model("tiny-test")  # different weights: the check must fail loudly
@@ -73,14 +74,14 @@ def test_cli_parity_failure_leaves_no_graph(tmp_path, capsys):
 def test_cached_graph_that_failed_parity_is_not_reused(tmp_path, monkeypatch):
     """cached_onnx checks before the graph enters the cache: a second call runs the check again, not the graph."""
     monkeypatch.setenv("VLTSEG_HOME", str(tmp_path))
-    real_check = onnx_export.check_parity
-    monkeypatch.setattr(onnx_export, "check_parity",  # too tight a tolerance: every graph fails
+    real_check = parity_module.check_parity
+    monkeypatch.setattr(parity_module, "check_parity",  # too tight a tolerance: every graph fails
                         lambda model, path, sizes: real_check(model, path, sizes, max_abs_diff=0.0))
     torch.manual_seed(0)
     model = build_model("tiny-test").eval()
     for _ in range(2):
         with pytest.raises(VLTSegError, match="ONNX parity check failed.*not written"):
-            onnx_export.cached_onnx(model, "tiny-test")
+            parity_module.cached_onnx(model, "tiny-test")
         assert [p.name for p in (tmp_path / "onnx").iterdir() if not p.name.endswith(".lock")] == []
 
 
@@ -145,7 +146,7 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys, monkeypatch, args, me
 
 def test_demo_model_export_parity_and_fp16_check(tmp_path, camvid_root):
     """The embedded demo model at CamVid's native 360x480: ONNX parity and FP16 check on real frames."""
-    from vltseg_core.export.fp16_check import load_frames
+    from vltseg_core.verify.fp16 import load_frames
     from vltseg_core.pretrained import load_demo_model
 
     model = load_demo_model()

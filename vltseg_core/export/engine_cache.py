@@ -1,7 +1,8 @@
 """The TensorRT engine cache, kept free of TensorRT so all of it is tested on any machine.
 
-An engine is only valid for the exact ONNX bytes, TensorRT version, GPU model and compute capability,
-precision, input profile and builder flags it was built with. All of these form the cache key; a JSON manifest
+An engine is only valid for the exact ONNX bytes (the graph exported and the graph TensorRT parsed, e.g. its
+float16 conversion), TensorRT version, GPU model and compute capability, precision, input profile and builder flags
+it was built with. All of these form the cache key; a JSON manifest
 beside each engine records them, so a mismatch is detected, explained in the log and rebuilt, never used.
 Writes are atomic (temp file + rename) and a file lock serialises builders (several nodes starting at once).
 """
@@ -23,7 +24,7 @@ from vltseg_core.errors import VLTSegError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: strongly typed engines, network_onnx_sha256, the engine gate record
 Shape = tuple[int, int, int, int]
 
 
@@ -92,6 +93,7 @@ class EngineSpec:
     precision: str
     profile: InputProfile
     builder_flags: tuple[str, ...] = field(default=())
+    network_onnx_sha256: str = ""  # the graph TensorRT parsed (its precision is the engine's)
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -190,6 +192,17 @@ def ensure_engine(engine: Path, spec: EngineSpec, build: Callable[[EngineSpec], 
     finally:
         lock.release()
     return engine
+
+
+def record_in_manifest(engine: Path, key: str, value: dict) -> dict:
+    """Add `value` under `key` to the manifest beside `engine` (atomically); returns the new manifest."""
+    manifest = read_manifest(engine)
+    if manifest is None:
+        raise VLTSegError(f"{engine} has no readable manifest {manifest_path(engine).name} beside it (expected the "
+                          "JSON written by `vltseg export trt`)")
+    manifest[key] = value
+    atomic_write(manifest_path(engine), json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return manifest
 
 
 def runtime_mismatch(manifest: dict, tensorrt_version: str, gpu_name: str, compute_capability: str) -> str | None:

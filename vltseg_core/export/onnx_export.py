@@ -1,15 +1,13 @@
-"""ONNX export (dynamo exporter; fixed or dynamic H/W) and the ORT-vs-PyTorch parity check that gates it."""
+"""ONNX export (dynamo exporter; fixed or dynamic H/W), the metadata graphs carry, and what names a graph."""
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import numpy as np
 import torch
 
 from vltseg_core.errors import VLTSegError
@@ -25,8 +23,10 @@ T = TypeVar("T")
 
 
 class ExportWrapper(torch.nn.Module):
-    """The exported graph: raw RGB 0..255 in, probabilities out; optionally also argmax labels (int32) and max
-    confidence, so a deployment can fetch (N,H,W) results instead of copying (N,C,H,W) back from the GPU."""
+    """The exported graph: raw RGB 0..255 in, the model's class scores out (output `probs`; unnormalised for
+    Mask2Former, docs/ARCHITECTURE.md); optionally also argmax labels (int32) and the confidence (the argmax's
+    share of the pixel's scores, as the predictor computes it), so a deployment at the network resolution can fetch
+    (N,H,W) results instead of copying (N,C,H,W) back from the GPU."""
 
     def __init__(self, model: torch.nn.Module, deploy_outputs: bool = False):
         super().__init__()
@@ -37,19 +37,8 @@ class ExportWrapper(torch.nn.Module):
         probs = self.model(images)
         if not self.deploy_outputs:
             return probs
-        confidence, labels = probs.max(dim=1)
-        return probs, labels.to(torch.int32), confidence
-
-
-@dataclass
-class ParityReport:
-    size: tuple[int, int]
-    max_abs_diff: float
-    argmax_agreement: float
-
-    def line(self) -> str:
-        return (f"{self.size[0]}x{self.size[1]}: max |p_ort - p_torch| = {self.max_abs_diff:.2e}, "
-                f"argmax agreement = {100 * self.argmax_agreement:.3f}%")
+        best, labels = probs.max(dim=1)
+        return probs, labels.to(torch.int32), best / probs.sum(dim=1).clamp_min(1e-12)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -156,37 +145,6 @@ def graph_metadata(path: Path) -> dict:
             "export_size": json.loads(props.get("vltseg.export_size", "null"))}
 
 
-def check_parity(model: torch.nn.Module, onnx_path: Path, sizes: list[tuple[int, int]],
-                 images: list[np.ndarray] | None = None, max_abs_diff: float = 1e-3,
-                 min_agreement: float = 0.999) -> list[ParityReport]:
-    """Run ONNX Runtime (CPU) and PyTorch on the same inputs; raise VLTSegError over the tolerance (the message
-    leaves out `onnx_path`, which export_checked names)."""
-    from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from vltseg_core.backends.torch_backend import TorchBackend
-
-    ort_backend = OnnxRuntimeBackend(onnx_path)
-    torch_backend = TorchBackend(model)
-    rng = np.random.default_rng(0)
-    reports = []
-    for i, size in enumerate(sizes):
-        if images:
-            import cv2
-
-            img = cv2.resize(images[i % len(images)], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-            batch = img.transpose(2, 0, 1)[None].astype(np.float32)
-        else:
-            batch = rng.integers(0, 256, (1, 3, *size)).astype(np.float32)
-        ref, got = torch_backend.infer(batch), ort_backend.infer(batch)
-        report = ParityReport(size, float(np.abs(ref - got).max()),
-                              float((ref.argmax(1) == got.argmax(1)).mean()))
-        log.info("ONNX parity %s", report.line())
-        reports.append(report)
-        if not np.isfinite(got).all() or report.max_abs_diff > max_abs_diff or report.argmax_agreement < min_agreement:
-            raise VLTSegError(f"ONNX parity check failed at {report.line()} (expected max diff <= "
-                              f"{max_abs_diff:g} and agreement >= {100 * min_agreement:g}%)")
-    return reports
-
-
 def module_digest(model: torch.nn.Module) -> str:
     """sha256 over the preset and every parameter/buffer: names a model independent of where it came from."""
     digest = hashlib.sha256(json.dumps(getattr(model, "preset", {}), sort_keys=True).encode())
@@ -203,21 +161,3 @@ def graph_code_digest() -> str:
     for source in sorted(here.parents[1].glob("models/*.py")) + [here]:
         digest.update(source.read_bytes())
     return digest.hexdigest()
-
-
-def cached_onnx(model: torch.nn.Module, model_id: str) -> Path:
-    """A dynamic-size, parity-checked export of `model` in the asset cache (reused while the weights, the model
-    code and torch are unchanged: a new release never runs a graph exported by an older one)."""
-    from filelock import FileLock
-
-    from vltseg_core.assets import cache_dir
-
-    key = hashlib.sha256((module_digest(model) + graph_code_digest()).encode()).hexdigest()
-    path = cache_dir() / "onnx" / f"{key[:16]}.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not path.is_file():
-            log.info("exporting %s to ONNX for a graph backend (once; cached at %s)", model_id, path)
-            size = default_size(getattr(model, "preset", {}))
-            export_checked(model, path, size, lambda graph: check_parity(model, graph, [size]), dynamic=True)
-    return path

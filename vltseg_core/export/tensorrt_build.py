@@ -1,79 +1,63 @@
-"""Build TensorRT 10 engines from ONNX (Python API), through the engine cache.
+"""TensorRT engines from ONNX (Python API), through the engine cache: strongly typed networks only.
 
-Only `build_serialized_engine` and `current_gpu`/`tensorrt_version` touch TensorRT or CUDA; flag selection,
-the version gate, profiles, paths, the engine-vs-ONNX Runtime verdict and the cache logic are plain code (tested
-without a GPU).
+An engine's precision is its graph's: fp32 engines parse the fp32 graph (TF32 off unless asked), fp16 engines the
+float16 graph of vltseg_core.export.fp16_graph (the one the FP16 check ran in ONNX Runtime), int8 engines an
+explicitly quantized (Q/DQ) graph. TensorRT never picks a precision per layer (no FP16/BF16/INT8 builder flags,
+deprecated in 10.12 and gone in 11), so what was checked is what runs.
+
+Only `build_serialized_engine` and `tensorrt_logger` touch TensorRT; flags, graphs, profiles, paths, the
+timing-cache recovery and the cache logic are plain code (tested with a fake `tensorrt` module).
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from vltseg_core.assets import sha256_file
-from vltseg_core.backends.base import cuda_index
+from vltseg_core.assets import cache_dir, sha256_file
 from vltseg_core.errors import VLTSegError
 from vltseg_core.export.engine_cache import EngineSpec, InputProfile, atomic_write, ensure_engine, profile_for_input
+from vltseg_core.gpu import cuda_index, current_gpu, tensorrt_version
 
 log = logging.getLogger(__name__)
 
-# precision -> TensorRT BuilderFlag names. FP16/BF16 let TensorRT choose half precision per layer (it keeps
-# normalisation/softmax in fp32 where needed); INT8 needs a Q/DQ (explicitly quantized) graph and keeps FP16 as
-# fallback for the unquantized layers.
-PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8", "FP16")}
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_MIB = 4096
-# Lowest argmax agreement of a fresh engine with the fp32 graph in ONNX Runtime: the ONNX parity bar for fp32, the
-# FP16 check's bar for fp16; bf16 (8-bit mantissa) and int8 get the bar of the torch bf16 test.
-MIN_ENGINE_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98, "int8": 0.98}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
-def builder_flags(precision: str, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                  extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The builder settings that change the engine, as stable strings for the cache key."""
-    if precision not in PRECISION_FLAGS:
-        raise VLTSegError(f"unknown TensorRT precision '{precision}' (expected one of {', '.join(PRECISION_FLAGS)})")
+def builder_flags(precision: str, workspace_mib: int = DEFAULT_WORKSPACE_MIB, allow_tf32: bool = False) -> tuple[str, ...]:
+    """The builder settings that change the engine, as stable strings for the cache key. Every engine is a
+    strongly typed network; TF32 (on by default in TensorRT) only when asked, so fp32 engines compute in fp32."""
+    if precision not in ENGINE_PRECISIONS:
+        raise VLTSegError(f"unknown TensorRT precision '{precision}' (expected one of {', '.join(ENGINE_PRECISIONS)}; "
+                          "bf16 engines are not built: ONNX Runtime cannot run a bf16 graph on CPU to check it)")
     if workspace_mib <= 0:
         raise VLTSegError(f"workspace limit {workspace_mib} MiB must be positive")
-    return tuple(sorted({*PRECISION_FLAGS[precision], *extra, f"workspace_mib={workspace_mib}"}))
+    return tuple(sorted({"strongly_typed", "tf32" if allow_tf32 else "no_tf32", f"workspace_mib={workspace_mib}"}))
 
 
-def check_tensorrt_version(version: str) -> str:
-    """TensorRT 10.x only: 11 removed the FP16/BF16/INT8 builder flags this builder sets (it needs strongly typed
-    networks instead), and 9 and older lack the tensor-name API the backend uses."""
-    if version.split(".")[0] != "10":
-        raise VLTSegError(f"TensorRT {version} is installed (expected TensorRT 10.x: 11 removed the FP16/BF16/INT8 "
-                          "builder flags used here, older versions lack the API)")
-    return version
+def network_graph(onnx_path: Path, precision: str) -> Path:
+    """The graph TensorRT parses for `precision`: the fp32 graph itself, its float16 graph (written once to the
+    asset cache, named by its sha256), or for int8 the graph itself, which must be explicitly quantized."""
+    import onnx
 
+    if precision == "fp16":
+        from vltseg_core.export.fp16_graph import fp16_graph_bytes
 
-def tensorrt_version() -> str:
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise VLTSegError("TensorRT was requested but the `tensorrt` Python package is not installed (expected "
-                          "TensorRT 10 on the GPU machine; use backend onnxruntime or torch elsewhere)") from None
-    return check_tensorrt_version(trt.__version__)
-
-
-def current_gpu(device: str = "cuda") -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor') of `device`; a clear error when there is no such GPU."""
-    import torch
-
-    if not device.startswith("cuda"):
-        raise VLTSegError(f"TensorRT needs a CUDA device, got device '{device}' (expected cuda or cuda:N)")
-    index = cuda_index(device)
-    if not torch.cuda.is_available():
-        raise VLTSegError("TensorRT was requested but no CUDA GPU is visible (expected an NVIDIA GPU and driver; "
-                          "use backend onnxruntime or torch on CPU)")
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise VLTSegError(f"device '{device}' was requested but {count} CUDA GPU(s) are visible "
-                          f"(expected cuda:0 to cuda:{count - 1})")
-    major, minor = torch.cuda.get_device_capability(index)
-    return torch.cuda.get_device_name(index), f"{major}.{minor}"
+        data, sha = fp16_graph_bytes(onnx_path)
+        path = cache_dir() / "fp16" / f"{sha[:16]}.onnx"
+        if not path.is_file() or sha256_file(path) != sha:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data)
+        return path
+    if precision == "int8":
+        ops = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+        if not QDQ_OPS <= ops:
+            raise VLTSegError(f"TensorRT int8 needs an explicitly quantized graph, but {onnx_path} has no "
+                              "QuantizeLinear/DequantizeLinear nodes (expected a Q/DQ graph, e.g. from NVIDIA ModelOpt; "
+                              "calibration is not supported: use precision fp16)")
+    return onnx_path
 
 
 def default_engine_path(onnx_path: Path, spec: EngineSpec) -> Path:
@@ -83,8 +67,9 @@ def default_engine_path(onnx_path: Path, spec: EngineSpec) -> Path:
 
 
 def timing_cache_path(engine: Path, spec: EngineSpec) -> Path:
-    """Timing caches are valid per TensorRT version and GPU; shared by all engines in the folder."""
-    return engine.with_name(f"timing-trt{spec.tensorrt_version}-{_gpu_tag(spec)}.cache")
+    """One timing cache per engine spec, beside its engine: builds of different engines (which may run at once)
+    never write each other's, and builds of the same one are serialised by its lock."""
+    return engine.with_name(f"timing-{_gpu_tag(spec)}-{spec.key()[:16]}.cache")
 
 
 def _gpu_tag(spec: EngineSpec) -> str:
@@ -112,9 +97,69 @@ def onnx_input(onnx_path: Path) -> tuple[str, list]:
     return inputs[0].name, dims
 
 
-def build_serialized_engine(onnx_path: Path, spec: EngineSpec, timing_cache: Path, device: str = "cuda") -> bytes:
-    """TensorRT 10: parse ONNX, set flags/profile/workspace/timing cache, build on `device` (the builder uses the
-    current CUDA device, so cuda:N is made current for the build); progress goes to the log."""
+def tensorrt_logger():
+    """A trt.ILogger that forwards TensorRT's messages to Python logging (and so into a ROS node's log), instead
+    of the stderr of trt.Logger that a launch file may never show."""
+    import tensorrt as trt
+
+    levels = {trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL, trt.ILogger.Severity.ERROR: logging.ERROR,
+              trt.ILogger.Severity.WARNING: logging.WARNING, trt.ILogger.Severity.INFO: logging.DEBUG,
+              trt.ILogger.Severity.VERBOSE: logging.DEBUG}
+    trt_log = logging.getLogger("vltseg_core.tensorrt")
+
+    class ToLogging(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):
+            trt_log.log(levels.get(severity, logging.WARNING), "TensorRT: %s", msg)
+
+    return ToLogging()
+
+
+def load_timing_cache(config, path: Path) -> None:
+    """Give the builder the timing cache at `path`; a missing, corrupt or refused one falls back to an empty cache
+    (a slower build, never a failed one)."""
+    data = b""
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log.warning("timing cache %s unreadable (%s); starting from an empty one", path, exc)
+    for label, blob in (("saved", data), ("empty", b"")) if data else (("empty", b""),):
+        cache = config.create_timing_cache(blob)
+        if cache is None:
+            log.warning("TensorRT could not read the %s timing cache %s", label, path)
+            continue
+        try:
+            accepted = config.set_timing_cache(cache, ignore_mismatch=False)
+        except (TypeError, RuntimeError) as exc:
+            accepted = False
+            log.warning("TensorRT rejected the %s timing cache %s (%s)", label, path, exc)
+        if accepted:
+            if label == "empty" and data:
+                log.warning("timing cache %s was refused (another GPU or TensorRT, or damaged); building with an "
+                            "empty one", path)
+            return
+        log.warning("TensorRT refused the %s timing cache %s", label, path)
+    log.warning("building without a timing cache (slower builds)")
+
+
+def save_timing_cache(config, path: Path) -> None:
+    """Save the builder's timing cache, best effort: a cache that cannot be saved never loses the engine."""
+    try:
+        cache = config.get_timing_cache()
+        if cache is None:
+            log.warning("TensorRT has no timing cache to save to %s (the engine is kept)", path)
+            return
+        atomic_write(path, bytes(cache.serialize()))
+    except (OSError, RuntimeError, TypeError, AttributeError) as exc:
+        log.warning("timing cache not saved to %s (%s); the engine is kept", path, exc)
+
+
+def build_serialized_engine(network_path: Path, spec: EngineSpec, timing_cache: Path, device: str = "cuda") -> bytes:
+    """Parse `network_path` as a strongly typed network, set flags/profile/workspace/timing cache, build on `device`
+    (the builder uses the current CUDA device, so cuda:N is made current); progress goes to the log."""
     import tensorrt as trt
     import torch
 
@@ -140,96 +185,74 @@ def build_serialized_engine(onnx_path: Path, spec: EngineSpec, timing_cache: Pat
             self.steps.pop(phase_name, None)
 
     with torch.cuda.device(cuda_index(device)):
-        logger = trt.Logger(trt.Logger.WARNING)
+        logger = tensorrt_logger()
         builder = trt.Builder(logger)
-        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):
+        if not parser.parse_from_file(str(network_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise VLTSegError(f"TensorRT could not parse {onnx_path}: {errors or 'unknown error'}")
+            raise VLTSegError(f"TensorRT could not parse {network_path}: {errors or 'unknown error'}")
         config = builder.create_builder_config()
         for flag in spec.builder_flags:
             if flag.startswith("workspace_mib="):
                 config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(flag.split("=")[1]) << 20)
-            else:
-                config.set_flag(getattr(trt.BuilderFlag, flag))
+            elif flag == "no_tf32":
+                config.clear_flag(trt.BuilderFlag.TF32)
+            elif flag == "tf32":
+                config.set_flag(trt.BuilderFlag.TF32)
         profile = builder.create_optimization_profile()
         p = spec.profile
         profile.set_shape(p.name, p.min, p.opt, p.max)
         config.add_optimization_profile(profile)
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        load_timing_cache(config, timing_cache)
         monitor = ProgressLog()  # keep a Python reference alive for the whole build
         config.progress_monitor = monitor
-        log.info("building TensorRT %s engine for %s (%s); this takes minutes for large models",
-                 spec.precision, onnx_path.name, p.describe())
+        log.info("building TensorRT %s engine (strongly typed) from %s (%s); this takes minutes for large models",
+                 spec.precision, network_path.name, p.describe())
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            raise VLTSegError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
-        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
-        return bytes(serialized)
+            raise VLTSegError(f"TensorRT failed to build an engine from {network_path} (see the TensorRT log lines "
+                              "above, logger vltseg_core.tensorrt)")
+        data = bytes(serialized)
+        save_timing_cache(config, timing_cache)
+        return data
 
 
 def engine_spec(onnx_path: Path, precision: str, device: str = "cuda", size: tuple[int, int] | None = None,
                 min_size: tuple[int, int] | None = None, max_size: tuple[int, int] | None = None,
-                batch: tuple[int, int, int] = (1, 1, 1), workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> EngineSpec:
+                batch: tuple[int, int, int] = (1, 1, 1), workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+                allow_tf32: bool = False) -> tuple[EngineSpec, Path]:
+    """The spec of the engine for `onnx_path` on `device`, and the graph TensorRT will parse for it."""
     name, shape = onnx_input(onnx_path)
     profile: InputProfile = profile_for_input(name, shape, size, min_size, max_size, batch)
-    flags = builder_flags(precision, workspace_mib)
+    flags = builder_flags(precision, workspace_mib, allow_tf32)
     version = tensorrt_version()
     gpu_name, capability = current_gpu(device)
-    return EngineSpec(sha256_file(onnx_path), version, gpu_name, capability, precision, profile, flags)
+    network = network_graph(onnx_path, precision)
+    return EngineSpec(sha256_file(onnx_path), version, gpu_name, capability, precision, profile, flags,
+                      sha256_file(network)), network
 
 
 def engine_for_onnx(onnx_path: Path, precision: str = "fp16", device: str = "cuda", engine_path: Path | None = None,
                     size: tuple[int, int] | None = None, min_size: tuple[int, int] | None = None,
                     max_size: tuple[int, int] | None = None, batch: tuple[int, int, int] = (1, 1, 1),
-                    workspace_mib: int = DEFAULT_WORKSPACE_MIB, force: bool = False) -> Path:
-    """The engine for `onnx_path` on this GPU: reused when its manifest matches, else (re)built under the lock."""
+                    workspace_mib: int = DEFAULT_WORKSPACE_MIB, allow_tf32: bool = False, force: bool = False) -> Path:
+    """The engine for `onnx_path` on this GPU: reused when its manifest matches, else (re)built under the lock
+    after the TensorRT pre-flight check of the graph it parses."""
     from vltseg_core.export.onnx_export import default_size, graph_metadata
 
     meta = graph_metadata(onnx_path)
     if size is None and meta.get("dynamic"):  # fixed graphs take their own size
         size = default_size(meta.get("preset", {}), traced=meta.get("export_size"))
-    spec = engine_spec(onnx_path, precision, device, size, min_size, max_size, batch, workspace_mib)
+    spec, network = engine_spec(onnx_path, precision, device, size, min_size, max_size, batch, workspace_mib,
+                                allow_tf32)
     engine = engine_path or default_engine_path(onnx_path, spec)
-    return ensure_engine(engine, spec,
-                         lambda s: build_serialized_engine(onnx_path, s, timing_cache_path(engine, s), device),
-                         metadata={**meta, "onnx": str(onnx_path.resolve())}, force=force)
 
+    def build(s: EngineSpec) -> bytes:
+        from vltseg_core.export.trt_compat import require_trt_compatible
 
-@dataclass
-class EngineAgreement:
-    """A fresh engine against the fp32 graph in ONNX Runtime on the same batch."""
+        require_trt_compatible(network, where=f"{precision} graph of {onnx_path}")
+        return build_serialized_engine(network, s, timing_cache_path(engine, s), device)
 
-    precision: str
-    argmax_agreement: float
-    max_abs_diff: float
-    nonfinite: int
-
-    @property
-    def min_agreement(self) -> float:
-        return MIN_ENGINE_AGREEMENT[self.precision]
-
-    @property
-    def ok(self) -> bool:
-        return self.nonfinite == 0 and self.argmax_agreement >= self.min_agreement
-
-    def line(self) -> str:
-        return (f"{self.precision} engine vs ONNX Runtime: argmax agreement {100 * self.argmax_agreement:.3f}% "
-                f"(expected >= {100 * self.min_agreement:g}%), max |dp| {self.max_abs_diff:.2e}, "
-                f"non-finite {self.nonfinite}")
-
-
-def engine_agreement(ref: np.ndarray, got: np.ndarray, precision: str) -> EngineAgreement:
-    """Verdict on engine probabilities `got` against ONNX Runtime's `ref` (both (N,C,H,W))."""
-    if precision not in MIN_ENGINE_AGREEMENT:
-        raise VLTSegError(f"unknown TensorRT precision '{precision}' "
-                          f"(expected one of {', '.join(MIN_ENGINE_AGREEMENT)})")
-    if ref.shape != got.shape:
-        raise VLTSegError(f"engine output {got.shape} differs in shape from ONNX Runtime's {ref.shape} "
-                          "(expected the engine of this graph)")
-    finite = np.isfinite(got)
-    labels = np.where(finite, got, -1).argmax(1)
-    return EngineAgreement(precision, float((ref.argmax(1) == labels).mean()),
-                           float(np.abs(np.where(finite, got, 0) - ref).max()), int((~finite).sum()))
+    return ensure_engine(engine, spec, build, metadata={**meta, "onnx": str(onnx_path.resolve()),
+                                                         "network_onnx": str(network)}, force=force)

@@ -1,13 +1,12 @@
-"""FP16 check of an exported graph before any engine is built.
+"""The FP16 check of an exported graph, on real frames, before any engine is built.
 
-The graph is converted to float16 with fp32 inputs/outputs (what a TensorRT FP16 engine computes, minus the
-layers TensorRT would keep in fp32) and run in ONNX Runtime on CPU next to the fp32 graph on real frames.
-Overflow in LayerNorm/softmax shows up as non-finite outputs, low argmax agreement or an mIoU drop.
+It runs the float16 graph (vltseg_core.export.fp16_graph: the graph a TensorRT FP16 engine is built from, as a
+strongly typed network) and an fp16-storage emulation of the fp32 graph in ONNX Runtime on CPU next to the fp32
+graph. Overflow in normalisation/softmax shows up as non-finite outputs, low argmax agreement or an mIoU drop.
 """
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,52 +16,6 @@ from tqdm import tqdm
 from vltseg_core.errors import VLTSegError
 
 log = logging.getLogger(__name__)
-
-
-def convert_to_fp16(onnx_path: Path):
-    """float16 copy of the graph (onnx ModelProto) whose inputs and outputs stay float32."""
-    import onnx
-    from onnxconverter_common import float16
-
-    model = onnx.load(str(onnx_path))
-    # Casts to float32 come from shape arithmetic (position-embedding / RoPE grids of dynamic exports); the
-    # converter retypes their outputs but not their `to` attribute, so keep them (and that math) in fp32.
-    to_float = [n.name for n in model.graph.node
-                if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)]
-    with warnings.catch_warnings():  # one warning per tiny weight clamped to fp16 range: noise, not news
-        warnings.simplefilter("ignore", UserWarning)
-        return float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=to_float)
-
-
-def fp16_storage_graph(onnx_path: Path):
-    """fp32 graph in which weights and every float tensor between nodes are rounded through float16.
-
-    This is what an FP16 engine stores between layers (each layer computing internally at higher precision).
-    ONNX Runtime's CPU provider runs ops without fp16 kernels of the converted graph in fp32 and removes the
-    casts between them, which hides activation overflow; explicit Cast pairs in an unoptimised session do not.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
-    graph = model.graph
-    floats = {v.name for v in [*graph.value_info, *graph.output] if v.type.tensor_type.elem_type == TensorProto.FLOAT}
-    for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT:
-            with np.errstate(over="ignore"):
-                rounded = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
-            init.CopyFrom(numpy_helper.from_array(rounded, init.name))
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for i, name in enumerate(node.output):
-            if name in floats and node.op_type != "Cast":
-                node.output[i] = f"{name}__fp32"
-                nodes += [helper.make_node("Cast", [f"{name}__fp32"], [f"{name}__fp16"], to=TensorProto.FLOAT16),
-                          helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT)]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return model
 
 
 @dataclass
@@ -103,6 +56,7 @@ def check_fp16(onnx_path: Path, frames: list[np.ndarray], labels: list[np.ndarra
     converted graph against ground truth over `class_ids`.
     """
     from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from vltseg_core.export.fp16_graph import fp16_storage_graph
     from vltseg_core.classes import load_class_table
     from vltseg_core.evaluation import ConfusionMatrix
     from vltseg_core.export.onnx_export import graph_metadata
