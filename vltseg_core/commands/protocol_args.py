@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
 from vltseg_core.errors import VLTSegError
-from vltseg_core.predictor import InferenceSettings
+
+if TYPE_CHECKING:  # importing the predictor pulls in torch; argument parsing should not
+    from vltseg_core.predictor import InferenceSettings
 
 # flag -> InferenceSettings field
 _FIELDS = {"size": "size", "crop": "crop_size", "stride": "stride"}
@@ -22,7 +25,7 @@ def add_protocol_args(parser: argparse.ArgumentParser) -> None:
                         help="sliding-window stride (slide mode; default: the model's test stride)")
 
 
-def apply_protocol_args(settings: InferenceSettings, args: argparse.Namespace) -> InferenceSettings:
+def apply_protocol_args(settings: "InferenceSettings", args: argparse.Namespace) -> "InferenceSettings":
     """`settings` with size / crop_size / stride replaced where the command line gave them."""
     from vltseg_core.export.onnx_export import parse_size
 
