@@ -393,3 +393,17 @@ def test_replay_real_camvid_frames_score_like_vltseg_eval(tmp_path, predictor, c
                    labels=str(annot.parent), label_map="camvid11")
     assert extra["labels"]["label_matching"] == {
         "evaluated": 2, "labels left over after the last frame (the folder has more files than frames)": 1}
+
+
+def test_replay_rosbag2_type_without_its_definition_is_read_as_jazzy(tmp_path, predictor):
+    """A rosbag2 may carry the definitions of some types only (`ros2 bag record` stores none for a type it could
+    not find); the bag's own definitions serve the others, ROS 2 Jazzy's the undescribed ones."""
+    import sqlite3
+
+    bag = write_bag(tmp_path / "in", "sqlite3", n=2)
+    db = sqlite3.connect(next(bag.glob("*.db3")))
+    db.execute("DELETE FROM message_definitions WHERE topic_type = 'sensor_msgs/msg/CompressedImage'")
+    db.commit()
+    db.close()
+    report = replay(bag, predictor, tmp_path / "out")
+    assert report["topics"][REAR]["processed"] == 2 and report["frames"]["skipped"] == 0

@@ -88,9 +88,9 @@ def open_bag(bag: Path) -> AnyReader:
         reader.open()
     except (*BAG_READ_ERRORS, FileNotFoundError) as exc:
         raise VLTSegError(f"bag {bag} is corrupt or truncated and cannot be opened ({exc}); {repair}") from None
-    if reader.is2:  # connections without a definition of their own: ROS 2 Jazzy's
-        described = reader.typestore.fielddefs
-        reader.typestore.register({k: v for k, v in TYPESTORE.fielddefs.items() if k not in described})
+    described = reader.typestore.fielddefs
+    if reader.is2 and any(c.msgtype not in described for c in reader.connections):  # types it does not describe:
+        reader.typestore.register({k: v for k, v in TYPESTORE.fielddefs.items() if k not in described})  # Jazzy's
     return reader
 
 
