@@ -208,3 +208,21 @@ def test_concurrent_builders_are_serialised(tmp_path, force):
     events = log_file.read_text().split()
     assert events == ["start", "end"] * (4 if force else 1)
     assert stale_reason(engine, make_spec(precision="fp16")) is None
+
+
+def test_a_file_is_hashed_once_while_unchanged(tmp_path, monkeypatch):
+    """Loading an engine names it in the cache check, the manifest check and the backend: one read of the file."""
+    import builtins
+    import os
+
+    from vltseg_core.assets import sha256_file
+
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"engine bytes")
+    reads, real_open = [], builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (reads.append(str(f)), real_open(f, *a, **k))[1])
+    first = sha256_file(path)
+    assert sha256_file(path) == first and reads.count(str(path)) == 1
+    path.write_bytes(b"other bytes!")  # rewritten: new size / mtime -> hashed again
+    os.utime(path, ns=(1, 1))
+    assert sha256_file(path) != first and reads.count(str(path)) == 2

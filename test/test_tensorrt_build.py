@@ -250,3 +250,60 @@ def test_gate_without_its_onnx_is_one_line(fake_trt, tmp_path, frames_dir):
     with pytest.raises(VLTSegError, match="has not been gated and its ONNX source .* is not here"):
         gate_engine(engine, stand_in, frames_dir)
     assert manifest_path(engine).is_file()
+
+
+# -- the backend's plumbing (buffers, bindings, batching) on CPU tensors -----------------------------------------
+@pytest.fixture
+def plumbing(fake_trt, tmp_path, monkeypatch):
+    """An engine of a dynamic tiny-test graph with a batch-1..4 profile, run by the fake TensorRT with the real
+    torch model on the buffers the backend binds (HostStream: CPU tensors), and that model for reference."""
+    from vltseg_core.backends import tensorrt_backend
+    from vltseg_core.export.onnx_export import export_onnx
+    from vltseg_core.models import build_model
+
+    monkeypatch.setattr(tensorrt_backend, "current_gpu", lambda device="cuda": ("NVIDIA Fake GPU", "8.9"))
+    torch.manual_seed(0)
+    model = build_model("tiny-test").eval()
+    onnx_path = export_onnx(model, tmp_path / "tiny.onnx", (64, 96), dynamic=True)
+    engine = tensorrt_build.engine_for_onnx(onnx_path, precision="fp32", size=(64, 96), min_size=(32, 32),
+                                            max_size=(128, 160), batch=(1, 4, 4))
+    fake_trt.KNOBS["model"] = model
+    return tensorrt_backend.TensorRTBackend(engine, host_only=True), model
+
+
+def test_backend_binds_runs_and_returns_the_models_numbers(plumbing):
+    from vltseg_core.backends.torch_backend import TorchBackend
+
+    backend, model = plumbing
+    batch = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 96), dtype=np.uint8)
+    np.testing.assert_allclose(backend.infer(batch), TorchBackend(model).infer(batch), atol=1e-5)
+    assert backend.executions == 1 and backend.profile.max[0] == 4
+    with pytest.raises(VLTSegError, match="outside the engine's profile"):
+        backend.infer(np.zeros((1, 3, 200, 200), np.uint8))
+
+
+def test_a_batch_of_crops_or_cameras_is_one_engine_call(plumbing):
+    from vltseg_core.classes import load_class_table
+    from vltseg_core.predictor import InferenceSettings, Predictor, engine_batch
+
+    backend, _ = plumbing
+    assert engine_batch(InferenceSettings(mode="slide", crops_per_batch=4)) == (1, 4, 4)
+    slide = Predictor(backend, load_class_table("cityscapes"),
+                      InferenceSettings(mode="slide", crop_size=(64, 64), stride=(48, 48), crops_per_batch=4))
+    slide.predict(np.random.default_rng(1).integers(0, 256, (64, 208, 3), dtype=np.uint8))  # 4 windows
+    assert backend.executions == 1
+    whole = Predictor(backend, load_class_table("cityscapes"), InferenceSettings(mode="whole"))
+    cameras = [np.random.default_rng(i).integers(0, 256, (64, 96, 3), dtype=np.uint8) for i in range(4)]
+    whole.predict_batch(cameras)  # four cameras batched by the node
+    assert backend.executions == 2
+    whole.predict_batch(cameras + cameras[:2])  # more than the profile's batch: chunks of 4
+    assert backend.executions == 4
+
+
+def test_host_buffers_stay_bounded_over_many_sizes(plumbing):
+    backend, _ = plumbing
+    sizes = [(h, w) for h in range(32, 129, 16) for w in range(32, 161, 32)]
+    for h, w in sizes:
+        backend.infer(np.zeros((1, 3, h, w), np.uint8))
+    assert len(backend.host.buffers) == 1  # one uint8 staging buffer, reused
+    assert backend.host.nbytes == 3 * 128 * 160  # the largest batch seen, not the sum of all sizes

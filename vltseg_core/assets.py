@@ -28,12 +28,21 @@ def cache_dir() -> Path:
     return root
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file, read once per process while the file is unchanged (same inode, size and mtime): a loaded
+    engine or graph is named by several checks (cache key, manifest, backend identity) and may be GBs."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def fetch_wheel(name: str, version: str, sha256: str) -> Path:

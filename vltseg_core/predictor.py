@@ -79,6 +79,20 @@ def fit_size(hw: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
     return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
+def fit_within(hw: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) scaled by one factor (up or down) to fit inside `box` (H, W): the aspect ratio is kept."""
+    scale = min(box[0] / hw[0], box[1] / hw[1])
+    return min(box[0], max(1, int(hw[0] * scale + 0.5))), min(box[1], max(1, int(hw[1] * scale + 0.5)))
+
+
+def input_range(backend: Backend) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(smallest, largest) (H, W) a backend takes: a fixed graph's size, a TensorRT profile's range, or None."""
+    if backend.input_size is not None:
+        return tuple(backend.input_size), tuple(backend.input_size)
+    profile = getattr(backend, "profile", None)
+    return (tuple(profile.min[2:]), tuple(profile.max[2:])) if profile is not None else None
+
+
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
     """Start offsets of sliding windows covering [0, length); the last window is aligned to the end (mmseg)."""
     count = max(length - crop + stride - 1, 0) // stride + 1
@@ -136,11 +150,21 @@ class Predictor:
         return results
 
     # -- internals ----------------------------------------------------------------------------------------
-    def _network_size(self, hw: tuple[int, int]) -> tuple[int, int]:
-        fixed = self.backend.input_size
-        if fixed is not None and self.settings.mode == "whole":
-            return tuple(fixed)
-        return fit_size(hw, self.settings.size) if self.settings.size else hw
+    def _network_shape(self, hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(size the image is resized to, size it is zero-padded to for the backend). Graphs and engines that
+        take only some sizes never change a frame's aspect ratio: whole mode fits the frame into a fixed size
+        and pads the rest, a frame larger than an engine profile's maximum is shrunk to fit it, one smaller than
+        its minimum is padded; the padding is cropped off the scores before they are resized back."""
+        size = fit_size(hw, self.settings.size) if self.settings.size else tuple(hw)
+        limits = input_range(self.backend)
+        if limits is None:
+            return size, size
+        lo, hi = limits
+        if (self.settings.mode == "whole" and lo == hi) or size[0] > hi[0] or size[1] > hi[1]:
+            size = fit_within(size, hi)
+        if self.settings.mode != "whole":
+            return size, size  # slide: _slide pads each window to the crop size
+        return size, (max(size[0], lo[0]), max(size[1], lo[1]))
 
     def _probs_at_input(self, images: list[np.ndarray], timings: dict) -> list[torch.Tensor]:
         """Probabilities (C,H,W) per image at its own resolution; same-size images share backend calls. Backends
@@ -148,15 +172,18 @@ class Predictor:
         pixel is divided by its sum once, last (mmseg's order; normalising per window can flip overlaps)."""
         out: list[torch.Tensor | None] = [None] * len(images)
         t0 = time.perf_counter()
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
         resized = []
         for i, rgb in enumerate(images):
-            size = self._network_size(rgb.shape[:2])
+            size, padded = self._network_shape(rgb.shape[:2])
             img = rgb if size == rgb.shape[:2] else cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-            resized.append(np.ascontiguousarray(img.transpose(2, 0, 1)))  # uint8: backends convert
-            groups.setdefault(size, []).append(i)
+            chw = img.transpose(2, 0, 1)  # uint8: backends convert
+            if padded != size:
+                chw = np.pad(chw, ((0, 0), (0, padded[0] - size[0]), (0, padded[1] - size[1])))
+            resized.append(np.ascontiguousarray(chw))
+            groups.setdefault((size, padded), []).append(i)
         timings["preprocess"] += time.perf_counter() - t0
-        for indices in groups.values():
+        for (size, _), indices in groups.items():
             batch = np.stack([resized[i] for i in indices])
             if self.settings.mode == "slide":
                 probs = self._slide(batch, timings)
@@ -166,7 +193,7 @@ class Predictor:
                 timings["inference"] += time.perf_counter() - t1
             t2 = time.perf_counter()
             for j, i in enumerate(indices):
-                scores = self._to_input_size(probs[j], images[i].shape[:2])
+                scores = self._to_input_size(probs[j, :, :size[0], :size[1]], images[i].shape[:2])
                 out[i] = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
             timings["postprocess"] += time.perf_counter() - t2
         return out
@@ -254,6 +281,7 @@ def load_predictor(model: str, backend: str = "auto", device: str = "cpu", preci
     if kind == "model":
         module, model_id = load_module(str(model))
         preset, table = getattr(module, "preset", {}), load_class_table(getattr(module, "class_table", "cityscapes"))
+        settings = settings or InferenceSettings.from_preset(preset, mode)
         if chosen == "torch":
             from vltseg_core.backends.torch_backend import TorchBackend
 
@@ -261,25 +289,38 @@ def load_predictor(model: str, backend: str = "auto", device: str = "cpu", preci
         else:
             from vltseg_core.verify.parity import cached_onnx
 
-            onnx_path = cached_onnx(module, model_id)
-            impl = _graph_backend(chosen, onnx_path, device, precision, gate_frames)
+            impl = _graph_backend(chosen, cached_onnx(module, model_id), device, precision, settings, gate_frames)
     else:
         path = Path(model)
         if not path.is_file():
             raise VLTSegError(f"model file not found: {path} (expected an existing .onnx or engine file)")
-        impl = _graph_backend(chosen, path, device, precision, gate_frames)
         from vltseg_core.export.onnx_export import graph_metadata
 
         meta = graph_metadata(path)
         preset, table = meta.get("preset", {}), load_class_table(meta.get("class_table", "cityscapes"))
-    return Predictor(impl, table, settings or InferenceSettings.from_preset(preset, mode), selection=reason)
+        settings = settings or InferenceSettings.from_preset(preset, mode)
+        impl = _graph_backend(chosen, path, device, precision, settings, gate_frames)
+    return Predictor(impl, table, settings, selection=reason)
 
 
-def _graph_backend(name: str, path: Path, device: str, precision: str, gate_frames: Path | None) -> Backend:
+# Frames the node batches together by default (its max_batch_size): the batch an engine's profile is optimised for
+# in whole mode; slide mode sends crops_per_batch crops per call.
+DEFAULT_BATCH = 4
+
+
+def engine_batch(settings: InferenceSettings) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the engine profile for what the predictor sends: slide crops per call, or camera
+    frames per batch, so one call runs them all instead of one engine call per image."""
+    n = settings.crops_per_batch if settings.mode == "slide" else DEFAULT_BATCH
+    return 1, n, n
+
+
+def _graph_backend(name: str, path: Path, device: str, precision: str, settings: InferenceSettings,
+                   gate_frames: Path | None) -> Backend:
     if name == "tensorrt" and path.suffix == ".onnx":
         from vltseg_core.export.tensorrt_build import engine_for_onnx
 
-        path = engine_for_onnx(path, precision=precision, device=device)
+        path = engine_for_onnx(path, precision=precision, device=device, batch=engine_batch(settings))
     impl = create_backend(name, path, device=device, precision=precision)
     if name == "tensorrt":
         from vltseg_core.verify.engine_gate import gate_engine

@@ -7,7 +7,9 @@ current CUDA device, so deserialisation and every execution run with the request
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,19 +60,95 @@ def execution_context(engine, engine_path: Path, device: str):
     return context
 
 
+class HostBuffers:
+    """Host staging memory for uploads: one buffer per dtype, grown to the largest batch seen and viewed for
+    smaller ones, so memory stays bounded however many frame sizes pass (pinned for CUDA uploads)."""
+
+    def __init__(self, pinned: bool):
+        import torch
+
+        self.torch, self.pinned, self.buffers = torch, pinned, {}
+
+    def get(self, shape: tuple, dtype) -> "torch.Tensor":
+        numel = math.prod(shape)
+        buffer = self.buffers.get(dtype)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self.buffers[dtype] = self.torch.empty(numel, dtype=dtype, pin_memory=self.pinned)
+        return buffer[:numel].view(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+
+
+class CudaStream:
+    """What the backend needs of CUDA: cuda:N made current, its own stream, and the hand-over of results to the
+    caller's stream (finished, and kept from the allocator while the caller's kernels read them)."""
+
+    pinned = True
+
+    def __init__(self, index: int):
+        import torch
+
+        self.torch, self.device = torch, torch.device("cuda", index)
+        self.stream = torch.cuda.Stream(self.device)
+
+    def current(self):
+        return self.torch.cuda.device(self.device)
+
+    def running(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.torch.cuda.device(self.device))
+        stack.enter_context(self.torch.cuda.stream(self.stream))
+        return stack
+
+    @property
+    def handle(self) -> int:
+        return self.stream.cuda_stream
+
+    def finish(self, tensor) -> None:
+        self.stream.synchronize()  # finished when returned: the predictor's timings and other streams see it done
+        # allocated on this backend's stream but used next on the caller's: keep the allocator from handing the
+        # memory to the next execution while the caller's resize/argmax kernels may still read it
+        tensor.record_stream(self.torch.cuda.current_stream(self.device))
+
+
+class HostStream:
+    """The same plumbing on CPU tensors: for checking the backend's side of the contract (buffers, bindings,
+    batching, shapes) against a fake `tensorrt` where no GPU exists (tests, scripts/gpu_check.py)."""
+
+    pinned = False
+    handle = 0
+
+    def __init__(self):
+        import torch
+
+        self.device = torch.device("cpu")
+
+    def current(self):
+        return contextlib.nullcontext()
+
+    running = current
+
+    def finish(self, tensor) -> None:
+        pass
+
+
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, engine_path: Path, device: str = "cuda"):
+    def __init__(self, engine_path: Path, device: str = "cuda", host_only: bool = False):
+        """`host_only`: keep every tensor on the CPU (HostStream), for plumbing checks with a fake `tensorrt`."""
         # Plain checks first (missing/corrupt file, no TensorRT, no GPU) so each gives its own clear error.
         self.engine_path, self.manifest = _usable_engine(Path(engine_path), device)
         import tensorrt as trt
         import torch
 
-        self.device = torch.device("cuda", cuda_index(device))
+        self.cuda = HostStream() if host_only else CudaStream(cuda_index(device))
+        self.device = self.cuda.device
         self.torch = torch
         self.logger = tensorrt_logger()
-        with torch.cuda.device(self.device):
+        with self.cuda.current():
             self.runtime = trt.Runtime(self.logger)
             self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
             if self.engine is None:
@@ -90,14 +168,8 @@ class TensorRTBackend:
         self.num_classes = int(self.engine.get_tensor_shape(self.probs_name)[1])
         self.dtypes = {n: torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(n)))).dtype
                        for n in names}
-        self.stream = torch.cuda.Stream(self.device)
-        self._pinned: dict[tuple, object] = {}
-
-    def _host_buffer(self, shape: tuple, dtype) -> "object":
-        key = (shape, dtype)
-        if key not in self._pinned:
-            self._pinned[key] = self.torch.empty(shape, dtype=dtype, pin_memory=True)
-        return self._pinned[key]
+        self.host = HostBuffers(pinned=self.cuda.pinned)
+        self.executions = 0  # engine calls so far (one per profile-sized batch)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.infer_device(batch).cpu().numpy()
@@ -111,9 +183,9 @@ class TensorRTBackend:
         if not self.profile.contains(batch.shape):
             raise VLTSegError(f"input {'x'.join(map(str, batch.shape))} is outside the engine's profile "
                               f"({self.profile.describe()}; expected a shape inside it, or rebuild with other sizes)")
-        host_in = self._host_buffer(batch.shape, torch.from_numpy(batch[:0]).dtype)
+        host_in = self.host.get(batch.shape, torch.from_numpy(batch[:0]).dtype)
         host_in.numpy()[...] = batch
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+        with self.cuda.running():
             images = host_in.to(self.device, non_blocking=True).to(self.dtypes[self.input_name])
             if not self.context.set_input_shape(self.input_name, tuple(batch.shape)):
                 raise VLTSegError(f"TensorRT refused input shape {tuple(batch.shape)} for {self.engine_path} "
@@ -124,13 +196,11 @@ class TensorRTBackend:
                 outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
                                             device=self.device)
                 self._bind(name, outputs[name])
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
+            if not self.context.execute_async_v3(self.cuda.handle):
                 raise VLTSegError(f"TensorRT execution failed for {self.engine_path} (see the TensorRT log)")
+            self.executions += 1
             probs = outputs[self.probs_name].float()
-        self.stream.synchronize()  # finished when returned: the predictor's timings and other streams see it done
-        # allocated on this backend's stream but used next on the caller's: keep the allocator from handing the
-        # memory to the next execution while the caller's resize/argmax kernels may still read it
-        probs.record_stream(torch.cuda.current_stream(self.device))
+        self.cuda.finish(probs)
         return probs
 
     def _bind(self, name: str, tensor) -> None:

@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trt.add_argument("--size", default=None, metavar="HxW", help="size to optimise for (dynamic graphs)")
     trt.add_argument("--min-size", default=None, metavar="HxW", help="smallest input (dynamic graphs)")
     trt.add_argument("--max-size", default=None, metavar="HxW", help="largest input (dynamic graphs)")
-    trt.add_argument("--batch", default="1", metavar="MIN[,OPT,MAX]", help="batch sizes of the profile (default 1)")
+    trt.add_argument("--batch", default="1,4,4", metavar="MIN[,OPT,MAX]",
+                     help="batch sizes of the profile (default 1,4,4: slide mode's crops per call and the node's "
+                          "default max_batch_size, each one engine call)")
     trt.add_argument("--workspace-mib", type=int, default=4096, help="builder workspace limit in MiB")
     trt.add_argument("--allow-tf32", action="store_true", help="let fp32 engines use TF32 tensor cores")
     trt.add_argument("--device", default="cuda", help="cuda or cuda:N")
