@@ -18,7 +18,8 @@ PYTHON = {"numpy": "python3-numpy", "cv2": "python3-opencv", "PIL": "python3-pil
           "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib", "filelock": "python3-filelock",
           "timm": "python3-timm-pip", "onnxruntime": "python3-onnxruntime-pip", "pytest": "python3-pytest",
           "torch": None, "safetensors": None, "onnx": None, "rosbags": None,
-          "scipy": None, "cityscapesscripts": None, "open_clip": None, "consisid_eva_clip": None}
+          "scipy": None, "cityscapesscripts": None, "open_clip": None, "consisid_eva_clip": None,
+          "tensorrt": None}
 # ros2 CLI verbs a launch file may run -> the packages `ros2 <verb>` needs
 VERBS = {"bag": {"ros2bag", "rosbag2_storage_mcap"}, "launch": {"ros2launch"}}
 

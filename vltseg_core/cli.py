@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("vltseg_core.commands.bench", "latency and throughput benchmarks"),
     "replay": ("vltseg_ros.commands.replay", "run a model over ROS 1 / rosbag2 bags (many, sharded) and write masks, report and plots"),
     "demo": ("vltseg_ros.commands.demo", "the one-command demo: the real node on real dashcam footage"),
+    "doctor": ("vltseg_ros.commands.doctor", "what this machine can run: torch/CUDA, GPUs, ONNX Runtime providers "
+               "that load, TensorRT, ROS 2, cv_bridge/OpenCV, what backend=auto picks"),
 }
 # Import name -> the setup.py extra that installs it (what a missing-package error tells the user to install).
 EXTRA_OF: dict[str, str] = {
