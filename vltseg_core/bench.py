@@ -52,7 +52,8 @@ class LayerResult:
     latencies_s: list[float]  # per frame, warm-up excluded
     frames_per_s: float
     peak_rss_mib: float
-    cuda_max_allocated_mib: float | None = None
+    cuda_max_allocated_mib: float | None = None  # torch's allocator on the chosen device
+    cuda_device_used_mib: float | None = None  # the whole device at the end (TensorRT / ONNX Runtime included)
     details: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -125,18 +126,21 @@ def reset_peak_rss(pid: int | str = "self") -> bool:
 
 @contextmanager
 def peak_memory(device: str) -> Iterator[dict[str, float | None]]:
-    """Peak RSS (MiB) and, on CUDA, torch's max allocated memory (MiB) of this process over the with-block."""
+    """Peak RSS (MiB) and, on the chosen CUDA device, torch's max allocated memory and the device's memory in use
+    at the end (MiB; it includes what TensorRT and ONNX Runtime allocate outside torch, and other processes')."""
     import torch
 
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     reset_peak_rss()
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    peak: dict[str, float | None] = {"rss_mib": None, "cuda_mib": None}
+        torch.cuda.reset_peak_memory_stats(device)
+    peak: dict[str, float | None] = {"rss_mib": None, "cuda_mib": None, "cuda_used_mib": None}
     yield peak
     peak["rss_mib"] = read_peak_rss_mib()
     if cuda:
-        peak["cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        peak["cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        free, total = torch.cuda.mem_get_info(device)
+        peak["cuda_used_mib"] = (total - free) / 2**20
 
 
 def machine_identity(device: str = "cpu") -> dict[str, Any]:
@@ -187,7 +191,8 @@ def _result(layer: str, setup: BenchSetup, size: tuple[int, int], times: list[fl
             details: dict | None = None) -> LayerResult:
     return LayerResult(layer=layer, backend=setup.backend, size=size, latencies_s=times,
                        frames_per_s=len(times) / sum(times), peak_rss_mib=peak["rss_mib"],
-                       cuda_max_allocated_mib=peak["cuda_mib"], details=details or {})
+                       cuda_max_allocated_mib=peak["cuda_mib"], cuda_device_used_mib=peak["cuda_used_mib"],
+                       details=details or {})
 
 
 def backend_batches(predictor: Any, frame: np.ndarray) -> list[np.ndarray]:
@@ -401,7 +406,7 @@ def markdown_report(report: dict) -> str:
                                         else f"{ratio:.2f}x {row['below']}")
         rss = _fmt(row["peak_rss_mib"], ".0f")
         if row["cuda_max_allocated_mib"] is not None:
-            rss += f" (CUDA {row['cuda_max_allocated_mib']:.0f})"
+            rss += f" (CUDA torch {row['cuda_max_allocated_mib']:.0f}, device {row['cuda_device_used_mib']:.0f})"
         lines.append(f"| {row['layer']} | {row['backend']} | {row['size']} | {_fmt(row['median_ms'])} | "
                      f"{_fmt(row['p95_ms'])} | {row['frames_per_s']:.2f} | {vs} | {rss} |")
     node_rows = [row for row in report["results"] if row["details"].get("node_stage_mean_ms")]
