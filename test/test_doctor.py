@@ -162,3 +162,20 @@ def test_gpu_kernel_compatibility_of_a_torch_build():
     assert doctor._torch_has_kernels((12, 0), ["sm_80", "compute_90"])  # PTX is compiled for newer GPUs
     assert doctor._torch_has_kernels((9, 0), ["sm_90a"]) and not doctor._torch_has_kernels((10, 0), ["sm_90a"])
     assert doctor._torch_has_kernels((8, 7), ["sm_87", "sm_120"])
+
+
+
+def test_tensorrt_extra_is_the_install_command_for_cuda_13_and_not_in_all(repo_root, monkeypatch):
+    """`.[tensorrt]` pins what doctor tells a CUDA 13 torch to install, and `.[all]` (what ./run.sh installs on
+    machines without a GPU) does not pull it: setup.py run with setuptools.setup capturing its arguments."""
+    import runpy
+
+    import setuptools
+
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: captured.update(kwargs))
+    monkeypatch.chdir(repo_root)
+    runpy.run_path(str(repo_root / "setup.py"))
+    extras = captured["extras_require"]
+    assert extras["tensorrt"] == [doctor.tensorrt_install_command("13.0", jetson=False).split("'")[1]]
+    assert not any(req.startswith("tensorrt") for req in extras["all"]), extras["all"]
