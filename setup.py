@@ -27,9 +27,10 @@ EXTRAS = {
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # TensorRT for the GPU machine, kept out of "all": its -libs/-bindings on PyPI are stubs that fetch the real wheels
-# from pypi.nvidia.com at install time (unreachable on offline machines). The supported range (vltseg_core.gpu.TENSORRT_SUPPORTED) built for CUDA 13, this torch's CUDA major;
-# an extra cannot follow torch's CUDA: cu12 torch builds use `pip install 'tensorrt-cu12>=10.0,<12'`, Jetsons
-# JetPack's own TensorRT (docs/gpu.md; `vltseg doctor` prints the command for the installed torch).
+# from pypi.nvidia.com at install time (unreachable on offline machines). The supported range
+# (vltseg_core.gpu.TENSORRT_SUPPORTED) built for CUDA 13, this torch's CUDA major; an extra cannot follow torch's
+# CUDA: cu12 torch builds use `pip install 'tensorrt-cu12>=10.0,<12'`, Jetsons JetPack's own TensorRT (docs/gpu.md;
+# `vltseg doctor` prints the command for the installed torch).
 EXTRAS["tensorrt"] = ["tensorrt-cu13>=10.0,<12"]
 
 setup(
