@@ -67,3 +67,28 @@ def test_engine_profile_shrinks_large_frames_and_pads_small_ones(model):
     # inside the profile: the frame's own shape, like torch and ONNX Runtime
     assert predictor.predict(frame(200, 300)).labels.shape == (200, 300)
     assert backend.batches[-1].shape[2:] == (200, 300)
+
+
+def test_deploy_outputs_are_used_end_to_end_and_equal_the_predictors(model, tmp_path):
+    """A deploy-output graph computes labels and confidence itself: where the network runs at the frame's size the
+    predictor fetches only those two maps, and they are what it computes from the scores."""
+    from vltseg_core.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from vltseg_core.export.onnx_export import export_onnx
+
+    plain = OnnxRuntimeBackend(export_onnx(model, tmp_path / "plain.onnx", (64, 96), dynamic=True))
+    deploy = OnnxRuntimeBackend(export_onnx(model, tmp_path / "deploy.onnx", (64, 96), dynamic=True,
+                                            deploy_outputs=True))
+    assert deploy.deploy_outputs and not plain.deploy_outputs
+    calls = []
+    real = deploy.infer_labels
+    deploy.infer_labels = lambda batch: (calls.append(batch.shape), real(batch))[1]
+    table, settings = load_class_table("cityscapes"), InferenceSettings(mode="whole")
+    frames = [frame(64, 96), frame(64, 96)[::-1].copy()]
+    got = Predictor(deploy, table, settings).predict_batch(frames)
+    ref = Predictor(plain, table, settings).predict_batch(frames)
+    assert calls == [(2, 3, 64, 96)]  # one call, only labels and confidence fetched
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-6)
+    Predictor(deploy, table, InferenceSettings(mode="whole", size=(32, 48))).predict(frames[0])  # resized: scores path
+    assert len(calls) == 1

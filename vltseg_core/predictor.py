@@ -136,10 +136,19 @@ class Predictor:
         maps come back to the host."""
         images = [validate_image(rgb) for rgb in images]
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-        results = []
-        for probs in self._probs_at_input(images, timings):
+        if self._uses_deploy_outputs(images):
             t0 = time.perf_counter()
-            confidence, labels = probs.max(dim=0)
+            batch = np.stack([np.ascontiguousarray(rgb.transpose(2, 0, 1)) for rgb in images])
+            timings["preprocess"] += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            labels, confidence = self.backend.infer_labels(batch)
+            timings["inference"] += time.perf_counter() - t1
+            maps = zip(labels, confidence)
+        else:
+            maps = (reversed(probs.max(dim=0)) for probs in self._probs_at_input(images, timings))  # (labels, conf.)
+        results = []
+        for labels, confidence in maps:
+            t0 = time.perf_counter()
             labels = labels.to(torch.uint8).cpu().numpy()
             confidence = confidence.cpu().numpy().astype(np.float32, copy=False)
             if self.settings.min_confidence > 0:
@@ -148,6 +157,14 @@ class Predictor:
             timings["postprocess"] += time.perf_counter() - t0
         self.last_timings = timings
         return results
+
+    def _uses_deploy_outputs(self, images: list[np.ndarray]) -> bool:
+        """A graph/engine with deploy outputs computes labels and confidence itself; they are the predictor's own
+        (argmax, best score / sum) wherever the network runs at the frames' size in one whole pass."""
+        if not getattr(self.backend, "deploy_outputs", False) or self.settings.mode != "whole":
+            return False
+        shapes = {rgb.shape[:2] for rgb in images}
+        return len(shapes) == 1 and self._network_shape(next(iter(shapes))) == (next(iter(shapes)),) * 2
 
     # -- internals ----------------------------------------------------------------------------------------
     def _network_shape(self, hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:

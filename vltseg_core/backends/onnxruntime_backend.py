@@ -129,6 +129,7 @@ class OnnxRuntimeBackend:
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         out = self.session.get_outputs()[0]
         self.output_name = out.name
+        self.deploy_outputs = {"labels", "confidence"} <= {o.name for o in self.session.get_outputs()}
         self.num_classes = int(out.shape[1]) if isinstance(out.shape[1], int) else 0
         log.info("onnxruntime session on %s", self.session.get_providers())
 
@@ -154,6 +155,16 @@ class OnnxRuntimeBackend:
     def infer_device(self, batch: np.ndarray) -> torch.Tensor:
         """ONNX Runtime hands back host memory whatever its provider: the tensor lives on the CPU."""
         return torch.from_numpy(self.infer(batch))
+
+    def infer_labels(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,H,W) labels and confidence that a deploy-output graph computed itself (only these are fetched)."""
+        batch = check_batch(batch, self.input_size, f"backend onnxruntime ({self.onnx_path.name})")
+        if self.fixed_batch == 1 and batch.shape[0] > 1:
+            parts = [self.infer_labels(batch[i:i + 1]) for i in range(batch.shape[0])]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        labels, confidence = self.session.run(["labels", "confidence"],
+                                              {self.input_name: batch.astype(np.float32, copy=False)})
+        return torch.from_numpy(labels), torch.from_numpy(confidence.astype(np.float32, copy=False))
 
     def identity(self) -> dict:
         import onnxruntime as ort

@@ -162,6 +162,7 @@ class TensorRTBackend:
         self.input_name = inputs[0]
         self.output_names = [n for n in names if n not in inputs]
         self.probs_name = "probs" if "probs" in self.output_names else self.output_names[0]
+        self.deploy_outputs = {"labels", "confidence"} <= set(self.output_names)  # argmax computed in the engine
         lo, opt, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0))
         self.profile = InputProfile(self.input_name, lo, opt, hi)
         self.input_size = tuple(lo[2:]) if lo[2:] == hi[2:] else None
@@ -175,11 +176,22 @@ class TensorRTBackend:
         return self.infer_device(batch).cpu().numpy()
 
     def infer_device(self, batch: np.ndarray) -> "torch.Tensor":
+        return self._run(batch)[self.probs_name].float()
+
+    def infer_labels(self, batch: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """(N,H,W) labels and confidence that a deploy-output engine computed itself, left on the device: only
+        these two maps come back, never the C class maps (the predictor uses this where no resize is needed)."""
+        outputs = self._run(batch)
+        return outputs["labels"], outputs["confidence"]
+
+    def _run(self, batch: np.ndarray) -> dict[str, "torch.Tensor"]:
+        """Every output of one engine execution (or of profile-sized chunks, concatenated), finished."""
         torch = self.torch
         batch = check_batch(batch, self.input_size, f"backend tensorrt ({self.engine_path.name})")
         step = self.profile.max[0]
         if batch.shape[0] > step:  # more images than the profile's batch: run in chunks the engine takes
-            return torch.cat([self.infer_device(batch[i:i + step]) for i in range(0, batch.shape[0], step)])
+            chunks = [self._run(batch[i:i + step]) for i in range(0, batch.shape[0], step)]
+            return {name: torch.cat([c[name] for c in chunks]) for name in self.output_names}
         if not self.profile.contains(batch.shape):
             raise VLTSegError(f"input {'x'.join(map(str, batch.shape))} is outside the engine's profile "
                               f"({self.profile.describe()}; expected a shape inside it, or rebuild with other sizes)")
@@ -199,9 +211,9 @@ class TensorRTBackend:
             if not self.context.execute_async_v3(self.cuda.handle):
                 raise VLTSegError(f"TensorRT execution failed for {self.engine_path} (see the TensorRT log)")
             self.executions += 1
-            probs = outputs[self.probs_name].float()
-        self.cuda.finish(probs)
-        return probs
+        for tensor in outputs.values():
+            self.cuda.finish(tensor)
+        return outputs
 
     def _bind(self, name: str, tensor) -> None:
         if not self.context.set_tensor_address(name, tensor.data_ptr()):
