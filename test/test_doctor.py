@@ -167,15 +167,25 @@ def test_gpu_kernel_compatibility_of_a_torch_build():
 
 def test_tensorrt_extra_is_the_install_command_for_cuda_13_and_not_in_all(repo_root, monkeypatch):
     """`.[tensorrt]` pins what doctor tells a CUDA 13 torch to install, and `.[all]` (what ./run.sh installs on
-    machines without a GPU) does not pull it: setup.py run with setuptools.setup capturing its arguments."""
+    machines without a GPU) does not pull it: setup.py run with a `setuptools` whose setup() keeps its arguments."""
     import runpy
-
-    import setuptools
+    import types
 
     captured = {}
-    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: captured.update(kwargs))
+    monkeypatch.setitem(sys.modules, "setuptools", types.SimpleNamespace(
+        setup=lambda **kwargs: captured.update(kwargs), find_packages=lambda **kwargs: []))
     monkeypatch.chdir(repo_root)
     runpy.run_path(str(repo_root / "setup.py"))
     extras = captured["extras_require"]
     assert extras["tensorrt"] == [doctor.tensorrt_install_command("13.0", jetson=False).split("'")[1]]
     assert not any(req.startswith("tensorrt") for req in extras["all"]), extras["all"]
+
+
+def test_onnxruntime_and_onnxruntime_gpu_both_installed_is_a_warning(monkeypatch):
+    """Both distributions install the one `onnxruntime` module: whichever came last decides, often the CPU one."""
+    monkeypatch.setattr(doctor, "_distribution_version",
+                        lambda name: "1.32.0" if name in ("onnxruntime", "onnxruntime-gpu") else None)
+    row = doctor.onnxruntime_checks(0)[0][0]
+    assert (row.check, row.status, row.facts["distributions"]) == ("onnxruntime", "warn",
+                                                                    ["onnxruntime-gpu", "onnxruntime"])
+    assert "the last installed wins" in row.detail

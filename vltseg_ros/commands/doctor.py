@@ -99,9 +99,14 @@ def torch_checks() -> tuple[list[Check], list[str]]:
         checks.append(Check("cuda", "absent", "this torch is a CPU-only build (install a CUDA build of torch for "
                             "GPUs)", {"available": False, "gpus": 0}))
         return checks, []
-    if not cuda_available():
-        checks.append(Check("cuda", "absent", f"no CUDA GPU visible (torch is a CUDA {build} build: NVIDIA driver "
-                            "or GPU missing, or CUDA_VISIBLE_DEVICES hides them)", {"available": False, "gpus": 0}))
+    with warnings.catch_warnings(record=True) as caught:  # torch says why (e.g. a driver too old) in a warning
+        warnings.simplefilter("always")
+        available = cuda_available()
+    if not available:
+        why = "; ".join(" ".join(str(w.message).split()) for w in caught) or ("NVIDIA driver or GPU missing, or "
+                                                                             "CUDA_VISIBLE_DEVICES hides them")
+        checks.append(Check("cuda", "absent", f"no CUDA GPU visible (torch is a CUDA {build} build: {why})",
+                            {"available": False, "gpus": 0}))
         return checks, []
     count = torch.cuda.device_count()
     checks.append(Check("cuda", "ok", f"{count} GPU(s) visible to torch's CUDA {build}",
@@ -173,10 +178,14 @@ def onnxruntime_checks(device_index: int) -> tuple[list[Check], list[str]]:
 
     ort.set_default_logger_severity(3)  # the fallback warnings are what this check reports, once, in its row
     listed = ort.get_available_providers()
-    distribution = next((name for name in ("onnxruntime-gpu", "onnxruntime", "onnxruntime-directml")
-                         if _distribution_version(name)), None)
-    checks = [Check("onnxruntime", "ok", f"{ort.__version__} ({distribution or 'unknown distribution'}), lists "
-                    + ", ".join(listed), {"version": ort.__version__, "distribution": distribution, "listed": listed})]
+    installed = [name for name in ("onnxruntime-gpu", "onnxruntime") if _distribution_version(name)]
+    facts = {"version": ort.__version__, "distributions": installed, "listed": listed}
+    detail = f"{ort.__version__} ({', '.join(installed) or 'unknown distribution'}), lists {', '.join(listed)}"
+    if len(installed) > 1:  # one `onnxruntime` module: whichever was installed last overwrote the other's files
+        checks = [Check("onnxruntime", "warn", f"{detail}: both share one module, the last installed wins (keep one: "
+                        "pip uninstall onnxruntime onnxruntime-gpu, then install the one you need)", facts)]
+    else:
+        checks = [Check("onnxruntime", "ok", detail, facts)]
     graph = tiny_graph().SerializeToString()
     loading = []
     for provider in listed:
@@ -392,14 +401,12 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
     if device != "cpu":
         cuda_index(device)  # a malformed device is bad input: one error line before any check
-    import torch
-
     checks = python_checks()
     torch_rows, gpus = torch_checks()
     checks += torch_rows
     ort_rows, ort_loading = onnxruntime_checks(cuda_index(device) if device != "cpu" else 0)
     checks += ort_rows
-    checks += tensorrt_checks(torch.version.cuda)
+    checks += tensorrt_checks(torch_rows[0].facts["cuda"])
     if args.build_engine:
         checks.append(engine_build_check(device if device != "cpu" else "cuda"))
     ros_rows = ros_checks()
