@@ -3,6 +3,7 @@
     python scripts/gpu_check.py [--frames DIR] [--out DIR]        (or scripts/gpu_check.sh)
 
 Checks, in order (each prints `[gpu-check] NAME: ok|FAIL|skipped ...`):
+0. doctor          `vltseg doctor --json --build-engine`: the machine's GPUs, providers that load, TensorRT
 1. gpu-tests       the tests marked `gpu` or `tensorrt` (pytest), which skip without CUDA / TensorRT
 2. torch-cuda      tiny-test and the demo model at 512x1024 on cuda in fp32/fp16/bf16: label agreement with the
                    CPU fp32 run and ms/frame (the demo model needs its backbone in $VLTSEG_HOME: `vltseg setup`)
@@ -66,6 +67,22 @@ def load_frames(folder: Path | None, count: int = 2) -> tuple[list[np.ndarray], 
             continue
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (540, 960, 3), dtype=np.uint8) for _ in range(count)], "random pixels (no frames)"
+
+
+@check("doctor")
+def doctor(args):
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "vltseg_core.cli", "doctor", "--json", "--build-engine"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    try:
+        rows = json.loads(proc.stdout)
+    except ValueError:
+        return "FAIL", (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    rows = rows.get("checks", rows) if isinstance(rows, dict) else rows
+    failed = [r.get("check") for r in rows if r.get("status") == "fail"]
+    shown = "; ".join(f"{r.get('check')} {r.get('status')}" for r in rows if r.get("status") != "absent")
+    return ("FAIL" if failed else "ok"), shown[:400]
 
 
 @check("gpu-tests")
@@ -193,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     frames, frames_id = load_frames(args.frames)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA GPU"
     print(f"[gpu-check] machine: {device}; torch {torch.__version__} (CUDA {torch.version.cuda}); frames: {frames_id}")
-    checks = {"gpu-tests": lambda: gpu_tests(args), "torch-cuda": lambda: torch_cuda(args, frames),
+    checks = {"doctor": lambda: doctor(args), "gpu-tests": lambda: gpu_tests(args), "torch-cuda": lambda: torch_cuda(args, frames),
               "trt-plumbing": lambda: trt_plumbing(args, frames), "tensorrt": lambda: tensorrt_version(args),
               "bench": lambda: bench(args)}
     for name in (args.only.split(",") if args.only else checks):

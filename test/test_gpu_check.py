@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_cpu_safe_parts(tmp_path):
-    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--only", "trt-plumbing,torch-cuda,tensorrt,bench",
+    proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--only", "doctor,trt-plumbing,torch-cuda,tensorrt,bench",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     lines = {line.split(":")[0].removeprefix("[gpu-check] "): line for line in proc.stdout.splitlines()
              if line.startswith("[gpu-check]")}
@@ -21,5 +21,6 @@ def test_gpu_check_cpu_safe_parts(tmp_path):
         assert "on CPU tensors" in plumbing
         assert lines["torch-cuda"].startswith("[gpu-check] torch-cuda: skipped no CUDA GPU")
         assert lines["bench"].startswith("[gpu-check] bench: skipped no CUDA GPU")
+    assert lines["doctor"].startswith("[gpu-check] doctor: ok") and "torch ok" in lines["doctor"]
     assert lines["tensorrt"].split(": ", 1)[1].split()[0] in ("ok", "skipped")
     assert "0 failed" in lines["summary"]
