@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's two commands:  ./run.sh demo   (set up, then the demo on the embedded default)
-#                             ./run.sh test   (set up, then the test suite)
+# The README's commands:  ./run.sh demo       (set up, then the demo on the embedded default)
+#                         ./run.sh test       (set up, then the test suite)
+#                         ./run.sh test-ros   (set up, then the ROS 2 install tests over ../shared/ros2-overlay)
 # Set-up is idempotent: a local .venv/ at the repository root, reinstalled only when setup.py or
 # constraints.txt change, then the pinned third-party assets (`vltseg setup`).
 set -euo pipefail
@@ -34,11 +35,15 @@ case "$cmd" in
     setup_env
     exec "$venv/bin/python" -m pytest test "$@"
     ;;
+  test-ros)
+    setup_env
+    exec scripts/test_ros_install.sh "$venv" "$@"
+    ;;
   setup)
     setup_env
     ;;
   *)
-    echo "usage: ./run.sh demo|test|setup [args...]" >&2
+    echo "usage: ./run.sh demo|test|test-ros|setup [args...]" >&2
     exit 2
     ;;
 esac

@@ -3,8 +3,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vltseg_core.train.losses import Mask2FormerLoss, PixelCrossEntropy, semantic_targets
-from vltseg_core.train.matcher import HungarianMatcher
+try:  # the train extra's scipy: without it these tests are skipped, while the module still imports (launch_testing's
+    # pytest plugin, i.e. colcon test on a ROS 2 install, imports every test module of the folder: one failing import
+    # would stop them all)
+    from vltseg_core.train.losses import Mask2FormerLoss, PixelCrossEntropy, semantic_targets
+    from vltseg_core.train.matcher import HungarianMatcher
+except ModuleNotFoundError as missing:
+    if missing.name != "scipy":
+        raise
+    pytestmark = pytest.mark.skip(reason="scipy (train extra) not installed")
 
 NUM_CLASSES = 5
 
