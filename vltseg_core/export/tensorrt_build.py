@@ -118,7 +118,7 @@ def tensorrt_logger():
 
 
 def load_timing_cache(config, path: Path) -> None:
-    """Give the builder the timing cache at `path`; a missing, corrupt or refused one falls back to an empty cache
+    """Give the builder the timing cache at `path`; a missing, damaged or refused one falls back to an empty cache
     (a slower build, never a failed one)."""
     data = b""
     if path.is_file():
@@ -126,23 +126,26 @@ def load_timing_cache(config, path: Path) -> None:
             data = path.read_bytes()
         except OSError as exc:
             log.warning("timing cache %s unreadable (%s); starting from an empty one", path, exc)
-    for label, blob in (("saved", data), ("empty", b"")) if data else (("empty", b""),):
-        cache = config.create_timing_cache(blob)
+    if data:
+        cache = config.create_timing_cache(data)
         if cache is None:
-            log.warning("TensorRT could not read the %s timing cache %s", label, path)
-            continue
-        try:
-            accepted = config.set_timing_cache(cache, ignore_mismatch=False)
-        except (TypeError, RuntimeError) as exc:
-            accepted = False
-            log.warning("TensorRT rejected the %s timing cache %s (%s)", label, path, exc)
-        if accepted:
-            if label == "empty" and data:
-                log.warning("timing cache %s was refused (another GPU or TensorRT, or damaged); building with an "
-                            "empty one", path)
+            log.warning("timing cache %s is unreadable (damaged?); starting from an empty one", path)
+        elif _set_timing_cache(config, cache):
             return
-        log.warning("TensorRT refused the %s timing cache %s", label, path)
-    log.warning("building without a timing cache (slower builds)")
+        else:
+            log.warning("TensorRT refused timing cache %s (another GPU or TensorRT version); starting from an "
+                        "empty one", path)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not _set_timing_cache(config, cache):
+        log.warning("TensorRT gave no empty timing cache; building without one (slower builds)")
+
+
+def _set_timing_cache(config, cache) -> bool:
+    try:
+        return bool(config.set_timing_cache(cache, ignore_mismatch=False))
+    except (TypeError, RuntimeError) as exc:
+        log.warning("TensorRT rejected a timing cache (%s)", exc)
+        return False
 
 
 def save_timing_cache(config, path: Path) -> None:
