@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vltseg_core.commands.eval", "mIoU / per-class IoU on one or more datasets"),
     "export": ("vltseg_core.commands.export", "export ONNX / build TensorRT engines"),
     "bench": ("vltseg_core.commands.bench", "latency and throughput benchmarks"),
+    "domain-shift": ("vltseg_core.commands.domain_shift", "measure a model's domain-shift references on its "
+                     "validation data (stored next to the model)"),
     "replay": ("vltseg_ros.commands.replay", "run a model over ROS 1 / rosbag2 bags (many, sharded) and write masks, report and plots"),
     "demo": ("vltseg_ros.commands.demo", "the one-command demo: the real node on real dashcam footage"),
     "doctor": ("vltseg_ros.commands.doctor", "what this machine can run: torch/CUDA, GPUs, ONNX Runtime providers "
