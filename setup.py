@@ -40,7 +40,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["vltseg_core", "vltseg_core.*", "vltseg_ros", "vltseg_ros.*"]),
-    package_data={"vltseg_core": ["configs/**/*.yaml", "configs/*.yaml", "pretrained/**/*"]},
+    package_data={"vltseg_core": ["configs/**/*.yaml", "configs/*.yaml", "export/*.yaml", "pretrained/**/*"]},
     include_package_data=True,
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
