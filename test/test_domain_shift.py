@@ -127,3 +127,38 @@ def test_command_measures_and_writes_references(demo_predictor, camvid_root, tmp
     assert refs.frames == 2 and refs.dataset == "camvid:val"
     assert vltseg(["domain-shift", "--model", "no-such-model.onnx", "--data", f"camvid:{camvid_root}:val"]) == 2
     assert "references are stored next to a model file" in capsys.readouterr().err
+
+
+def test_replay_reports_each_frame_and_plots(demo_predictor, refs, camvid_root, tmp_path):
+    """A bag with a real CamVid val frame and the same frame darkened: replay's report has each frame's record
+    (equal to the core's), the level counts, the Markdown section and the plot."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from vltseg_ros.replay import TYPESTORE, image_msg, replay
+
+    clean = build_dataset("camvid", camvid_root, "val").load(0).image
+    frames = [clean, (clean * 0.15).astype(np.uint8)]
+    header_t = TYPESTORE.types["std_msgs/msg/Header"]
+    time_t = TYPESTORE.types["builtin_interfaces/msg/Time"]
+    with Writer(tmp_path / "in", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=TYPESTORE)
+        for i, rgb in enumerate(frames):
+            stamp = (1000 + i) * 10**9
+            msg = image_msg(rgb, "rgb8", header_t(stamp=time_t(sec=1000 + i, nanosec=0), frame_id="cam"))
+            writer.write(conn, stamp, TYPESTORE.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    report = replay(tmp_path / "in", demo_predictor, tmp_path / "out", references=refs)
+    shift = report["domain_shift"]
+    assert shift["levels"] == {"OK": 1, "WARN": 0, "ERROR": 1}
+    assert [r["stamp_ns"] for r in shift["frames"]] == [1000 * 10**9, 1001 * 10**9]
+    for rgb, record in zip(frames, shift["frames"]):
+        pred = demo_predictor.predict(rgb)
+        want = ds.frame_record(pred.labels, pred.confidence, demo_predictor.class_table.names, refs)
+        assert record["level"] == want["level"] and record["class_shares"] == want["class_shares"]
+        assert record["mean_confidence"] == pytest.approx(want["mean_confidence"], abs=1e-6)
+    assert shift["references"]["dataset"] == "camvid:val"
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["domain_shift"]["levels"] == shift["levels"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Domain shift" in md and "Frames per level: 1 OK, 0 WARN, 1 ERROR" in md
+    assert (tmp_path / "out" / "domain_shift.png").stat().st_size > 10_000
+    without = replay(tmp_path / "in", demo_predictor, tmp_path / "out_norefs")
+    assert without["domain_shift"]["levels"]["OK"] == 2 and without["domain_shift"]["references"] is None

@@ -126,6 +126,15 @@ def level(stats: FrameStats, references: References | None) -> tuple[str, str]:
     return OK, f"within the {references.dataset} validation range"
 
 
+def frame_record(labels: np.ndarray, confidence: np.ndarray, names: list[str] | tuple[str, ...],
+                 references: References | None) -> dict[str, Any]:
+    """One frame's statistics with their level and its reason: the record of the node's
+    segmentation/domain_shift topic and of `vltseg replay`'s report."""
+    stats = frame_stats(labels, confidence, names, references)
+    lvl, why = level(stats, references)
+    return {**stats.as_dict(), "level": lvl, "reason": why}
+
+
 def references_path(model: str) -> Path:
     """Where a model's references live: the demo model's in the package, any model file's next to it
     (`final.safetensors` -> `final.domain_shift.json`, the same for .onnx and engines)."""

@@ -2,7 +2,8 @@
 
 Counters are cumulative and each received frame ends in exactly one of them (processed, dropped, skipped,
 skipped_error, unwatched) once handled; rates and latencies cover the last diagnostics period, so a glance at
-`/diagnostics` shows what happens now.
+`/diagnostics` shows what happens now. The domain-shift status of each camera levels the period's mean statistics
+against the model's references (vltseg_core.domain_shift).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from vltseg_core.domain_shift import ERROR, LEVELS, OK, WARN, FrameStats, References, level
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "publish")
 WINDOW = 1000  # samples kept per period; enough for 1 kHz at the default 1 s period
@@ -33,6 +36,7 @@ class CameraStats:
     last_received: int = 0
     last_processed: int = 0
     last_skipped: int = 0  # skipped + skipped_error at the last message
+    shifts: deque = field(default_factory=_window)  # domain_shift.frame_record of each frame, this period
 
 
 @dataclass
@@ -44,6 +48,7 @@ class NodeStats:
     cameras: dict[str, CameraStats] = field(default_factory=dict)
     stages: dict[str, deque] = field(default_factory=lambda: {s: _window() for s in STAGES})
     batch_sizes: deque = field(default_factory=_window)  # frames per predict_batch call (cameras sharing the model)
+    references: References | None = None  # the model's domain-shift references (None: statistics only)
 
     def add_camera(self, topic: str) -> None:
         self.cameras[topic] = CameraStats()
@@ -89,6 +94,48 @@ def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) 
             ("input_age_ms_max", _summary(cam.ages.copy(), np.max)), ("input_age_ms_mean", _summary(cam.ages)),
             ("receive_to_publish_ms_mean", _summary(cam.queue_latencies)))]
         statuses.append(status)
+        statuses.append(domain_shift_status(cam, stats.references, f"{node_name}: {topic} domain shift", topic))
     msg = DiagnosticArray(status=statuses)
     msg.header.stamp = stamp
     return msg
+
+
+_DIAGNOSTIC_LEVEL = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
+
+
+def domain_shift_status(cam: CameraStats, references: References | None, name: str, topic: str) -> DiagnosticStatus:
+    """The period's mean statistics and their level (a lone odd frame shows in frames_warn / frames_error, not in
+    the level); class shares averaged over the period."""
+    records = list(cam.shifts)
+    cam.shifts.clear()
+    status = DiagnosticStatus(name=name, hardware_id=topic, level=DiagnosticStatus.OK)
+    if not records:
+        status.message = "no frames analysed this period (nothing segmented, or no /diagnostics subscriber then)"
+        return status
+    distances = [r["class_distance"] for r in records if r["class_distance"] is not None]
+    mean = FrameStats(mean_confidence=float(np.mean([r["mean_confidence"] for r in records])),
+                      low_confidence_share=float(np.mean([r["low_confidence_share"] for r in records])),
+                      class_shares={}, class_distance=float(np.mean(distances)) if distances else float("nan"))
+    lvl, why = level(mean, references)
+    status.level, status.message = _DIAGNOSTIC_LEVEL[lvl], f"{lvl}: {why}"
+    shares: dict[str, float] = {}
+    for r in records:
+        for k, v in r["class_shares"].items():
+            shares[k] = shares.get(k, 0.0) + v / len(records)
+    values = [("frames", len(records)), ("mean_confidence", f"{mean.mean_confidence:.4f}"),
+              ("mean_confidence_min", f"{min(r['mean_confidence'] for r in records):.4f}"),
+              ("low_confidence_share", f"{mean.low_confidence_share:.4f}"),
+              ("low_confidence_share_max", f"{max(r['low_confidence_share'] for r in records):.4f}"),
+              ("class_distance", f"{mean.class_distance:.4f}"),
+              *((f"frames_{n.lower()}", sum(r["level"] == n for r in records)) for n in LEVELS)]
+    if references is not None:
+        values += [("references", f"{references.dataset}, {references.frames} frames"),
+                   ("threshold", f"{references.threshold:g}"),
+                   ("reference_mean_confidence_p1_p5_p50", "/".join(
+                       f"{references.mean_confidence[p]:.4f}" for p in ("p1", "p5", "p50"))),
+                   ("reference_low_confidence_share_p95_p99", "/".join(
+                       f"{references.low_confidence_share[p]:.4f}" for p in ("p95", "p99"))),
+                   ("reference_class_distance_p99", f"{references.class_distance['p99']:.4f}")]
+    values += [(f"class_share/{k}", f"{v:.4f}") for k, v in sorted(shares.items(), key=lambda kv: -kv[1])]
+    status.values = [KeyValue(key=k, value=str(v)) for k, v in values]
+    return status

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import logging
 import signal
 import sys
@@ -30,7 +31,9 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import String
 
+from vltseg_core.domain_shift import frame_record, load_references
 from vltseg_core.errors import VLTSegError
 from vltseg_core.visualize import confidence_mono8, overlay
 from vltseg_ros.diagnostics import NodeStats, diagnostics_message
@@ -42,6 +45,7 @@ if TYPE_CHECKING:  # importing the predictor loads torch: only in configure
     from vltseg_core.predictor import Prediction
 
 OUTPUTS = ("mask", "color", "confidence", "overlay")
+SHIFT = "domain_shift"  # std_msgs/String JSON per frame (docs/ros.md, "Domain shift")
 LIVE_INPUT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
                         durability=DurabilityPolicy.VOLATILE)
 EVALUATION_INPUT = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
@@ -137,7 +141,7 @@ class SegmentationNode(LifecycleNode):
             self._table = table
         identity = self._predictor.identity()
         self.get_logger().info(f"model ready in {time.monotonic() - start:.1f} s: {identity}")
-        self._stats = NodeStats(identity=identity, mode=mode, state="inactive")
+        self._stats = NodeStats(identity=identity, mode=mode, state="inactive", references=load_references(model))
 
         output_qos = LIVE_OUTPUT if mode == "live" else EVALUATION_OUTPUT
         self._cameras, self._next_camera = [], 0
@@ -146,6 +150,7 @@ class SegmentationNode(LifecycleNode):
             cam.input_topic = self.resolve_topic_name(cam.topic("image" if transport == "raw" else "image/compressed"))
             for out in OUTPUTS:
                 cam.publishers[out] = self.create_publisher(Image, cam.topic(f"segmentation/{out}"), output_qos)
+            cam.publishers[SHIFT] = self.create_publisher(String, cam.topic(f"segmentation/{SHIFT}"), output_qos)
             cam.publishers["camera_info"] = self.create_publisher(CameraInfo, cam.topic("segmentation/camera_info"),
                                                                   output_qos)
             self._stats.add_camera(cam.input_topic)
@@ -298,7 +303,7 @@ class SegmentationNode(LifecycleNode):
         frame.counted = True
 
     def _wanted(self, cam: Camera) -> set[str]:
-        return {out for out in OUTPUTS if cam.publishers[out].get_subscription_count() > 0}
+        return {out for out in (*OUTPUTS, SHIFT) if cam.publishers[out].get_subscription_count() > 0}
 
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text, throttle_duration_sec=max(self._param("warn_throttle"), 1e-3))
@@ -352,6 +357,13 @@ class SegmentationNode(LifecycleNode):
             if "overlay" in wanted:
                 blended = overlay(rgb, color, self._param("overlay_alpha"))
                 cam.publishers["overlay"].publish(array_to_image(blended, "rgb8", header))
+        if SHIFT in wanted or self._diag_pub.get_subscription_count() > 0:  # lazy: ~2 ms at 1080x1920
+            record = frame_record(prediction.labels, prediction.confidence, self._table.names, self._stats.references)
+            self._stats.camera(cam.input_topic).shifts.append(record)
+            if SHIFT in wanted:
+                stamp = {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec}
+                cam.publishers[SHIFT].publish(String(data=json.dumps({"stamp": stamp, "frame_id": header.frame_id,
+                                                                      **record})))
         if cam.camera_info is not None:
             cam.publishers["camera_info"].publish(camera_info_for(cam.camera_info, header, *rgb.shape[:2]))
         now = time.monotonic()

@@ -25,6 +25,7 @@ from rosbags.rosbag2 import Writer
 from tqdm import tqdm
 
 from vltseg_core.data.label_maps import LabelMap, load_label_map
+from vltseg_core.domain_shift import LEVELS, THRESHOLD, References, frame_record
 from vltseg_core.errors import VLTSegError
 from vltseg_core.visualize import confidence_mono8, overlay
 from vltseg_ros.bag_reading import (BAG_READ_ERRORS, COMPRESSED, IMAGE, IMAGE_TYPES, STORAGE_NAMES, TYPESTORE,
@@ -287,9 +288,12 @@ def select_image_topics(reader: AnyReader, bag: Path, topics: list[str] | None, 
 
 def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None, labels: str | None = None,
            copy_inputs: bool = False, video: bool = False, label_map: str | None = None,
-           labels_optional: bool = False) -> dict:
+           labels_optional: bool = False, references: References | None = None) -> dict:
     """Run `predictor` over the image topics of `bag` (ROS 1 or rosbag2); write `out_dir/bag` (a rosbag2),
     report.{json,md}, plots, videos.
+
+    `references`: the model's domain-shift references (vltseg_core.domain_shift.load_references), which give
+    each frame's domain-shift statistics their level; None = statistics without levels.
 
     `labels`: a label topic of the bag or a folder of label PNGs (`labels_optional`: a topic this bag lacks means
     no labels, as for one bag of several); `label_map`: a dataset label map (configs/datasets/) when they hold that
@@ -318,7 +322,7 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
             label_source.label_map = load_label_map(label_map)
         out_dir.mkdir(parents=True, exist_ok=True)
         report = _run(reader, bag, predictor, out_dir, out_bag, selected, label_source, label_topic, copy_inputs,
-                      video)
+                      video, references)
     finally:
         reader.close()
     if report["bag_error"]:
@@ -331,7 +335,8 @@ def replay(bag: Path, predictor, out_dir: Path, topics: list[str] | None = None,
 
 
 def _run(reader: AnyReader, bag: Path, predictor, out_dir: Path, out_bag: Path, selected: list[str],
-         label_source: LabelSource | None, label_topic: str | None, copy_inputs: bool, video: bool) -> dict:
+         label_source: LabelSource | None, label_topic: str | None, copy_inputs: bool, video: bool,
+         references: References | None) -> dict:
     from vltseg_core.evaluation import ConfusionMatrix
 
     table = predictor.class_table
@@ -342,6 +347,7 @@ def _run(reader: AnyReader, bag: Path, predictor, out_dir: Path, out_bag: Path, 
         if conn.topic in stats:
             stats[conn.topic].in_metadata += conn.msgcount
     latencies: dict[str, list[float]] = defaultdict(list)
+    shifts: list[dict] = []  # one domain-shift record per processed frame
     matrix = ConfusionMatrix(num_classes=table.num_classes, ignore_index=table.ignore_index) if label_source else None
     label_counts = Counter()
     sink = VideoSink(out_dir, video_fps(reader, selected)) if video else None
@@ -405,6 +411,7 @@ def _run(reader: AnyReader, bag: Path, predictor, out_dir: Path, out_bag: Path, 
                 for stage, seconds in (("decode", t1 - t0), *predictor.last_timings.items(), ("write", t3 - t2),
                                        ("total", t3 - t0)):
                     latencies[stage].append(seconds)
+                shifts.append(shift_record(pred, table.names, references, conn.topic, header))
                 if matrix is not None:
                     _score(matrix, label_source, header, conn.topic, s.read - 1, pred.labels, label_counts)
                 if sink is not None:
@@ -427,7 +434,8 @@ def _run(reader: AnyReader, bag: Path, predictor, out_dir: Path, out_bag: Path, 
             label_counts["labels left over after the last frame (the folder has more files than frames)"] = left_over
     others = _other_topics(reader, stats, label_topic, copy_inputs)
     report = _write_report(out_dir, out_bag, bag, predictor, stats, names, others, latencies, wall, matrix,
-                           label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure)
+                           label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure,
+                           shifts, references)
     if interrupted:
         print(f"[replay] interrupted after {report['frames']['read']} frames; results so far are in {out_dir}")
         raise KeyboardInterrupt
@@ -473,7 +481,8 @@ def _score(matrix, source: LabelSource, header, topic: str, index: int, pred: np
 
 # -- report ---------------------------------------------------------------------------------------------------
 def _write_report(out_dir, out_bag, bag, predictor, stats, names, others, latencies, wall, matrix,
-                  label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure) -> dict:
+                  label_source, label_counts, videos, bag_error, copy_inputs, interrupted, failure, shifts,
+                  references) -> dict:
     frames = TopicStats()
     for s in stats.values():
         frames.read += s.read
@@ -501,6 +510,7 @@ def _write_report(out_dir, out_bag, bag, predictor, stats, names, others, latenc
         "interrupted": interrupted,
         "failure": None if failure is None else f"{type(failure).__name__}: {(str(failure).splitlines() or [''])[0]}",
         "labels": None,
+        "domain_shift": domain_shift_summary(shifts, references),
         "files": {"report_json": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md"),
                   "latency_histogram": str(out_dir / "latency_histogram.png"),
                   "videos": [str(v) for v in videos]},
@@ -510,6 +520,9 @@ def _write_report(out_dir, out_bag, bag, predictor, stats, names, others, latenc
                                                 label_source.class_ids(matrix.num_classes),
                                                 label_source.description, label_counts, out_dir)
         report["files"].update({f"eval_{kind}": str(path) for kind, path in paths.items()})
+    if shifts:
+        report["files"]["domain_shift_plot"] = str(domain_shift_plot(shifts, references,
+                                                                     out_dir / "domain_shift.png"))
     if latencies:
         latency_histogram(latencies, out_dir / "latency_histogram.png")
     else:
@@ -517,6 +530,71 @@ def _write_report(out_dir, out_bag, bag, predictor, stats, names, others, latenc
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out_dir / "report.md").write_text(report_markdown(report))
     return report
+
+
+def shift_record(pred, names, references: References | None, topic: str, header) -> dict:
+    """One frame's domain-shift statistics and level, as the node's segmentation/domain_shift topic has them."""
+    return {"topic": topic, "stamp_ns": stamp_ns(header),
+            **frame_record(pred.labels, pred.confidence, names, references)}
+
+
+def domain_shift_summary(shifts: list[dict], references: References | None) -> dict:
+    """Frames per level, the range of each statistic, every frame's record, and the references they met."""
+    summary: dict = {"references": None if references is None else
+                     {k: v for k, v in references.to_dict().items() if k != "class_shares"},
+                     "levels": {name: sum(r["level"] == name for r in shifts) for name in LEVELS}}
+    for key in ("mean_confidence", "low_confidence_share", "class_distance"):
+        values = [r[key] for r in shifts if r[key] is not None]
+        summary[key] = ({"min": round(min(values), 4), "mean": round(float(np.mean(values)), 4),
+                         "max": round(max(values), 4)} if values else None)
+    summary["frames"] = shifts
+    return summary
+
+
+def domain_shift_plot(shifts: list[dict], references: References | None, path: Path) -> Path:
+    """Mean confidence, low-confidence share and class-mix distance per frame (one line per topic), with the
+    WARN / ERROR bands of the references shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 6.2), sharex=True)
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.08, top=0.95, hspace=0.15)
+    start = min(r["stamp_ns"] for r in shifts)
+    for topic in dict.fromkeys(r["topic"] for r in shifts):
+        rows = [r for r in shifts if r["topic"] == topic]
+        t = [(r["stamp_ns"] - start) / 1e9 for r in rows]
+        axes[0].plot(t, [r["mean_confidence"] for r in rows], label=topic, linewidth=1)
+        axes[1].plot(t, [r["low_confidence_share"] for r in rows], linewidth=1)
+        axes[2].plot(t, [np.nan if r["class_distance"] is None else r["class_distance"] for r in rows], linewidth=1)
+    if references is not None:
+        m, low = references.mean_confidence, references.low_confidence_share
+        axes[0].axhspan(m["p1"], m["p5"], color="#ffcc66", alpha=0.35, label=f"WARN (< {references.dataset} p5)")
+        axes[0].axhspan(0, m["p1"], color="#ee6677", alpha=0.25, label="ERROR (< p1)")
+        axes[0].axhline(m["p50"], color="k", linestyle=":", linewidth=1, label="validation median")
+        axes[1].axhspan(low["p95"], low["p99"], color="#ffcc66", alpha=0.35)
+        axes[1].axhspan(low["p99"], 1, color="#ee6677", alpha=0.25)
+        axes[1].axhline(low["p50"], color="k", linestyle=":", linewidth=1)
+        axes[2].axhspan(references.class_distance["p99"], 1, color="#ffcc66", alpha=0.35)
+        axes[2].axhline(references.class_distance["p50"], color="k", linestyle=":", linewidth=1)
+    values = [r["mean_confidence"] for r in shifts] + ([references.mean_confidence["p1"]] if references else [])
+    axes[0].set_ylim(max(0.0, min(values) - 0.05), 1.0)
+    values = [r["low_confidence_share"] for r in shifts] + ([references.low_confidence_share["p99"]]
+                                                            if references else [])
+    axes[1].set_ylim(0.0, min(1.0, max(values) * 1.3 + 0.01))
+    axes[0].set_ylabel("mean confidence")
+    threshold = references.threshold if references else THRESHOLD
+    axes[1].set_ylabel(f"share < {threshold:g}")
+    axes[2].set_ylim(0.0, 1.0)
+    axes[2].set_ylabel("class mix distance")
+    axes[2].set_xlabel("time in the bag (s)")
+    axes[0].legend(loc="lower left", fontsize="x-small", ncol=2)
+    counts = ", ".join(f"{sum(r['level'] == n for r in shifts)} {n}" for n in LEVELS)
+    axes[0].set_title(f"domain shift per frame: {counts}", fontsize="small")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def label_summary(matrix, table, identity: dict, name: str, class_ids: list[int], description: str,
@@ -587,6 +665,7 @@ def report_markdown(report: dict) -> str:
     lines += ["", "| stage | p50 ms | p95 ms | p99 ms | mean ms |", "| --- | ---: | ---: | ---: | ---: |"]
     for stage, p in report["latency_ms"].items():
         lines.append(f"| {stage} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['mean']:.1f} |")
+    lines += domain_shift_markdown(report["domain_shift"])
     if report["labels"]:
         lab = report["labels"]
         miou = "n/a" if lab["miou"] is None else f"{lab['miou']:.2f}"
@@ -595,3 +674,29 @@ def report_markdown(report: dict) -> str:
                   f"Per-class IoU: `{Path(report['files']['eval_markdown']).name}`, "
                   f"`{Path(report['files']['eval_chart']).name}`."]
     return "\n".join(lines) + "\n"
+
+
+def domain_shift_markdown(shift: dict) -> list[str]:
+    """The domain-shift section: levels, ranges against the references, the plot, and every frame in a fold."""
+    if not shift["frames"]:
+        return []
+    refs = shift["references"]
+    levels = ", ".join(f"{n} {name}" for name, n in shift["levels"].items())
+    lines = ["", "## Domain shift", "", f"Frames per level: {levels} " + (
+        f"(against {refs['frames']} frames of {refs['dataset']}: mean confidence p1/p5/p50 "
+        f"{refs['mean_confidence']['p1']:.3f}/{refs['mean_confidence']['p5']:.3f}/"
+        f"{refs['mean_confidence']['p50']:.3f}, share under {refs['threshold']:g} p95/p99 "
+        f"{refs['low_confidence_share']['p95']:.1%}/{refs['low_confidence_share']['p99']:.1%}, class mix p99 "
+        f"{refs['class_distance']['p99']:.2f})." if refs else "(no references for this model: statistics only)."),
+        "", "| statistic | min | mean | max |", "| --- | ---: | ---: | ---: |"]
+    for key in ("mean_confidence", "low_confidence_share", "class_distance"):
+        if shift[key]:
+            lines.append(f"| {key} | {shift[key]['min']:.3f} | {shift[key]['mean']:.3f} | {shift[key]['max']:.3f} |")
+    lines += ["", "Plot: `domain_shift.png`.", "", "<details><summary>every frame</summary>", "",
+              "| topic | stamp (ns) | mean confidence | share under threshold | class mix | level | why |",
+              "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in shift["frames"]:
+        dist = "n/a" if r["class_distance"] is None else f"{r['class_distance']:.3f}"
+        lines.append(f"| `{r['topic']}` | {r['stamp_ns']} | {r['mean_confidence']:.3f} | "
+                     f"{r['low_confidence_share']:.3f} | {dist} | {r['level']} | {r['reason']} |")
+    return lines + ["", "</details>"]

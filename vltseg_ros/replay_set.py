@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vltseg_core.classes import ClassTable
+from vltseg_core.domain_shift import References
 from vltseg_core.errors import VLTSegError
 from vltseg_ros.bag_reading import ROS1_SUFFIX, bag_bytes
 from vltseg_ros.replay import STAGES, TopicStats, label_summary, latency_histogram, percentiles, replay
@@ -79,7 +80,8 @@ def output_names(bags: list[Path]) -> list[str]:
 
 def replay_set(entries: list[SetEntry], inputs: list[Path], predictor, out_dir: Path,
                shard: tuple[int, int] | None = None, topics: list[str] | None = None, labels: str | None = None,
-               copy_inputs: bool = False, video: bool = False, label_map: str | None = None) -> dict:
+               copy_inputs: bool = False, video: bool = False, label_map: str | None = None,
+               references: References | None = None) -> dict:
     """Replay each entry into `out_dir/<name>/`, then write the set's report.{json,md} (and eval.*, the latency
     histogram) into `out_dir`. A bag that fails (cannot be opened, breaks off, nothing decodable) does not stop
     the others: its error is in the report, and a VLTSegError after the report names the failed bags.
@@ -105,7 +107,8 @@ def replay_set(entries: list[SetEntry], inputs: list[Path], predictor, out_dir: 
             print(f"[replay] bag {len(done)}/{len(entries)}: {entry.bag}")
             try:
                 replay(entry.bag, predictor, out_dir / entry.name, topics=topics, labels=bag_labels,
-                       copy_inputs=copy_inputs, video=video, label_map=label_map, labels_optional=True)
+                       copy_inputs=copy_inputs, video=video, label_map=label_map, labels_optional=True,
+                       references=references)
             except VLTSegError as exc:
                 done[-1]["error"] = str(exc)
                 print(f"[replay] {entry.bag}: {exc}")

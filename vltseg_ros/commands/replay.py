@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from vltseg_core.predictor import InferenceSettings
 
     apply_protocol_args(InferenceSettings(), args)  # a malformed --size/--crop/--stride fails before anything loads
+    from vltseg_core.domain_shift import load_references
+
     options = {"topics": args.topics, "labels": args.labels, "copy_inputs": args.copy_inputs, "video": args.video,
-               "label_map": args.label_map}
+               "label_map": args.label_map, "references": load_references(args.model)}
     if len(args.bags) == 1 and is_bag(args.bags[0]) and args.shard is None:
         from vltseg_ros.replay import replay
 
