@@ -13,7 +13,7 @@ from PIL import Image
 from vltseg_core.bench import CUMULATIVE_PEAK_RSS
 from vltseg_core.cli import main
 
-LAYERS = ("backend", "predictor", "node", "replay")
+LAYERS = ("backend", "predictor", "node", "node-live", "replay")
 BACKENDS = ("torch",)  # the onnxruntime path is the same code; its target logic is tested below
 SIZES = ("32x48", "48x64")
 
@@ -37,6 +37,12 @@ def test_json_has_every_cell_with_consistent_statistics(bench_out):
         assert 0 < row["median_ms"] <= row["p95_ms"]
         if layer == "replay":
             assert row["details"]["frames"] == 2 and row["latencies_s"] == []
+        elif layer == "node-live":  # a camera faster than the model: every mask's age, drops counted
+            d = row["details"]
+            assert d["camera_hz"] >= 30 and d["published"] >= 30 * d["window_s"] * 0.5
+            assert 0 < d["processed"] == row["n"] and d["dropped"] == d["published"] - d["processed"]
+            assert len(d["one_at_a_time_ms"]) == 1 and row["below"] == "node"
+            assert all(t > 0 for t in row["latencies_s"])
         else:
             assert row["n"] == 2 and all(t > 0 for t in row["latencies_s"])
             assert row["median_ms"] == pytest.approx(np.median(row["latencies_s"]) * 1e3)

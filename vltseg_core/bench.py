@@ -30,13 +30,14 @@ LAYERS: dict[str, str] = {
     "backend": "vltseg_core.bench:bench_backend",
     "predictor": "vltseg_core.bench:bench_predictor",
     "node": "vltseg_ros.bench_node:bench_node",
+    "node-live": "vltseg_ros.bench_node:bench_node_live",  # a camera faster than the model, live mode
     "replay": "vltseg_ros.bench_node:bench_replay",
 }
 # Layers that run inference in this process run it on one worker thread, as the node does (its inference worker):
 # torch's OpenMP team on the main thread spin-waits, which on a CPU shared with other busy processes made the same
 # predict 3.5x slower than on a worker thread (docs/benchmarks.md), and would be mistaken for a layer's overhead.
 # The node layer stays on the main thread: it only publishes and waits (rclpy), inference is in the node process.
-MAIN_THREAD_LAYERS = {"node"}
+MAIN_THREAD_LAYERS = {"node", "node-live"}
 NODE_OVERHEAD_REL, NODE_OVERHEAD_ABS_MS = 0.05, 3.0  # node may add max(5 %, 3 ms) over the predictor
 REPLAY_MIN_RATIO = 0.95  # replay reaches at least 95 % of the predictor's throughput
 CUMULATIVE_PEAK_RSS = "cumulative since each process started (/proc/<pid>/clear_refs is not writable here)"
@@ -333,7 +334,7 @@ def add_ratios(rows: list[dict]) -> None:
     """Each row gets `ratio_to_below`: its median latency over the layer below it (replay: its throughput over the
     predictor's, the figure the replay target is stated in)."""
     by_key = {(row["layer"], *_key(row)): row for row in rows}
-    below = {"predictor": "backend", "node": "predictor", "replay": "predictor"}
+    below = {"predictor": "backend", "node": "predictor", "node-live": "node", "replay": "predictor"}
     for row in rows:
         ref = by_key.get((below.get(row["layer"]), *_key(row)))
         row["below"] = ref["layer"] if ref else None
@@ -416,6 +417,16 @@ def markdown_report(report: dict) -> str:
                   "| backend | size | " + " | ".join(stages) + " |", "| --- | --- |" + " ---: |" * len(stages)]
         lines += [f"| {row['backend']} | {row['size']} | " + " | ".join(
             _fmt(row["details"]["node_stage_mean_ms"].get(stage)) for stage in stages) + " |" for row in node_rows]
+    live_rows = [row for row in report["results"] if row["layer"] == "node-live"]
+    if live_rows:
+        lines += ["", "The node in live mode under a camera faster than the model (age: the frame's publish -> its mask "
+                  "received; median ms above is the median age):", "",
+                  "| backend | size | camera Hz | published | processed | dropped | frames/s processed | age p50 ms "
+                  "| age p95 ms | one at a time ms |", "| --- | --- |" + " ---: |" * 8]
+        lines += [f"| {row['backend']} | {row['size']} | {row['details']['camera_hz']:.1f} | "
+                  f"{row['details']['published']} | {row['details']['processed']} | {row['details']['dropped']} | "
+                  f"{row['frames_per_s']:.2f} | {_fmt(row['median_ms'])} | {_fmt(row['p95_ms'])} | "
+                  f"{_fmt(float(np.median(row['details']['one_at_a_time_ms'])))} |" for row in live_rows]
     replay_rows = [row for row in report["results"] if row["details"].get("stage_median_ms")]
     if replay_rows:
         stages = ("decode", "preprocess", "inference", "postprocess", "write", "total")

@@ -3,6 +3,10 @@
 Node: the segmentation node runs in its own process in evaluation mode (reliable, nothing dropped); this process
 publishes one frame at a time and waits for its mask, so per-frame latency = mask receive time - publish time on
 one clock, and it includes serialisation, transport both ways and the node's own conversion work.
+
+Node live: the node in live mode under a camera publishing faster than the model (at least twice its one-at-a-time
+rate, and at least LIVE_CAMERA_MIN_HZ): frames/s processed, age of each published mask (its frame's publish ->
+mask receive) and the frames dropped (latest frame wins), next to its one-at-a-time latency.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ FRAME_TIMEOUT_S = 300.0  # one frame through a large model on a busy CPU
 DIAGNOSTICS_PERIOD_S = 1.0
 REPLAY_TOPIC = "/camera/image"
 REPLAY_START_NS = 1_700_000_000_000_000_000
+LIVE_CAMERA_MIN_HZ = 30.0  # a vehicle camera's rate
 
 
 def _image_msg(frame: np.ndarray, stamp_ns: int):
@@ -87,10 +92,10 @@ class _NodeStages:
 class _NodeProcess:
     """The segmentation node in a child process under a private namespace, its output kept in a log file."""
 
-    def __init__(self, setup: BenchSetup, namespace: str, log_dir: Path):
+    def __init__(self, setup: BenchSetup, namespace: str, log_dir: Path, mode: str = "evaluation"):
         self.log_path = log_dir / "segmentation_node.log"
         params = {"model": setup.model, "backend": setup.backend, "device": setup.device,
-                  "precision": setup.precision, "mode": "evaluation", "autostart": "true",
+                  "precision": setup.precision, "mode": mode, "autostart": "true",
                   "diagnostics_period": DIAGNOSTICS_PERIOD_S}
         cmd = [sys.executable, "-c", "from vltseg_ros.node import main; main()", "--ros-args",
                "-r", f"__ns:={namespace}"]
@@ -193,6 +198,104 @@ def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerRes
                                            details={"peak_rss_of": "segmentation node process",
                                                     "node_stage_mean_ms": stages.means_ms(),
                                                     "node_stage_frames": stages.frames()}))
+            executor.shutdown()
+            node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=context)
+            node_proc.stop()
+    return results
+
+
+def bench_node_live(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
+    """Per size: `warmup` frames one at a time (the model's pace), then a camera at max(LIVE_CAMERA_MIN_HZ, twice
+    that pace) for `iters` model periods; one live-mode node process for all sizes."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    namespace = f"/vltseg_bench_live_{os.getpid()}"
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vltseg_bench_live_") as tmp:
+        node_proc = _NodeProcess(setup, namespace, Path(tmp), mode="live")
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        try:
+            node = rclpy.create_node("vltseg_bench_live", namespace=namespace, context=context)
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+            sent: dict[int, float] = {}  # stamp -> publish time (perf_counter)
+            received: dict[int, float] = {}  # stamp -> mask receive time
+
+            def on_mask(msg: Image) -> None:
+                received[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = time.perf_counter()
+
+            publisher = node.create_publisher(Image, "image", qos)
+            node.create_subscription(Image, "segmentation/mask", on_mask, qos)
+
+            def publish(frame: np.ndarray) -> int:
+                stamp = time.time_ns()
+                sent[stamp] = time.perf_counter()
+                publisher.publish(_image_msg(frame, stamp))
+                return stamp
+
+            def spin_until(done: Callable[[], bool], timeout: float, what: str) -> None:
+                deadline = time.monotonic() + timeout
+                while not done():
+                    executor.spin_once(timeout_sec=0.01)
+                    node_proc.check_alive()
+                    if time.monotonic() > deadline:
+                        raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {timeout:.0f} s ({what}; "
+                                          f"node log: {node_proc.log_path})")
+
+            deadline = time.monotonic() + NODE_START_TIMEOUT_S  # start-up: re-publish until the first mask
+            while not received:
+                publish(test_frame(sizes[0]))
+                resend = time.monotonic() + 2.0
+                while not received and time.monotonic() < resend:
+                    executor.spin_once(timeout_sec=0.05)
+                    node_proc.check_alive()
+                if not received and time.monotonic() > deadline:
+                    raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {NODE_START_TIMEOUT_S:.0f} s "
+                                      f"of start-up (node log: {node_proc.log_path})")
+            for size in sizes:
+                frame = test_frame(size)
+                one_at_a_time = []
+                for _ in range(max(1, setup.warmup)):
+                    stamp = publish(frame)
+                    spin_until(lambda: stamp in received, FRAME_TIMEOUT_S, "one frame at a time")
+                    one_at_a_time.append(received[stamp] - sent[stamp])
+                    setup.tick()
+                pace = float(np.median(one_at_a_time))
+                camera_hz = max(LIVE_CAMERA_MIN_HZ, 2.0 / pace)
+                sent.clear()
+                received.clear()
+                reset_peak_rss(node_proc.proc.pid)
+                start = next_frame = time.perf_counter()
+                while (now := time.perf_counter()) < start + max(1.0, setup.iters * pace):
+                    if now >= next_frame:
+                        publish(frame)
+                        next_frame += 1.0 / camera_hz
+                    executor.spin_once(timeout_sec=max(0.0, min(next_frame - time.perf_counter(), 0.01)))
+                    node_proc.check_alive()
+                end = time.perf_counter()
+                in_window = sum(1 for t in received.values() if t <= end)
+                last = max(sent)
+                settle = time.monotonic() + 2 * pace + 1.0  # the frame in flight at the end still comes back
+                while time.monotonic() < settle and last not in received:
+                    executor.spin_once(timeout_sec=0.01)
+                ages = [received[s] - sent[s] for s in sorted(sent) if s in received]
+                for _ in range(setup.iters):
+                    setup.tick()
+                results.append(LayerResult("node-live", setup.backend, size, ages, in_window / (end - start),
+                                           read_peak_rss_mib(node_proc.proc.pid),
+                                           details={"peak_rss_of": "segmentation node process (live mode)",
+                                                    "camera_hz": camera_hz, "window_s": end - start,
+                                                    "published": len(sent), "processed": len(ages),
+                                                    "dropped": len(sent) - len(ages),
+                                                    "one_at_a_time_ms": [t * 1e3 for t in one_at_a_time]}))
             executor.shutdown()
             node.destroy_node()
         finally:
