@@ -419,8 +419,8 @@ def markdown_report(report: dict) -> str:
             _fmt(row["details"]["node_stage_mean_ms"].get(stage)) for stage in stages) + " |" for row in node_rows]
     live_rows = [row for row in report["results"] if row["layer"] == "node-live"]
     if live_rows:
-        lines += ["", "The node in live mode under a camera faster than the model (age: the frame's publish -> its mask "
-                  "received; median ms above is the median age):", "",
+        lines += ["", "The node in live mode under a camera faster than the model (age: the frame's publish -> its "
+                  "mask received; median ms above is the median age):", "",
                   "| backend | size | camera Hz | published | processed | dropped | frames/s processed | age p50 ms "
                   "| age p95 ms | one at a time ms |", "| --- | --- |" + " ---: |" * 8]
         lines += [f"| {row['backend']} | {row['size']} | {row['details']['camera_hz']:.1f} | "

@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo", help="preset name, checkpoint, ONNX file or 'demo' (default)")
     parser.add_argument("--backend", default="torch,onnxruntime", help="comma-separated backends to compare")
     parser.add_argument("--sizes", default="360x480,512x1024,1080x1920",
-                        help="comma-separated input sizes, HEIGHTxWIDTH (default: 360x480,512x1024,1080x1920, up to a 1080p "
-                             "vehicle camera)")
+                        help="comma-separated input sizes, HEIGHTxWIDTH (default: 360x480,512x1024,1080x1920, "
+                             "up to a 1080p vehicle camera)")
     parser.add_argument("--layers", default=",".join(bench.LAYERS),
                         help=f"comma-separated subset of {','.join(bench.LAYERS)}")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
