@@ -169,18 +169,17 @@ class Predictor:
     # -- internals ----------------------------------------------------------------------------------------
     def _network_shape(self, hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
         """(size the image is resized to, size it is zero-padded to for the backend). Graphs and engines that
-        take only some sizes never change a frame's aspect ratio: whole mode fits the frame into a fixed size
-        and pads the rest, a frame larger than an engine profile's maximum is shrunk to fit it, one smaller than
-        its minimum is padded; the padding is cropped off the scores before they are resized back."""
+        take only some sizes never change a frame's aspect ratio. In whole mode a fixed size is fitted (the rest
+        zero-padded), a frame larger than an engine profile's maximum is shrunk to fit it, one smaller than its
+        minimum is padded; the padding is cropped off the scores before they are resized back. In slide mode the
+        windows take the graph's size (see _slide)."""
         size = fit_size(hw, self.settings.size) if self.settings.size else tuple(hw)
         limits = input_range(self.backend)
-        if limits is None:
-            return size, size
+        if limits is None or self.settings.mode != "whole":
+            return size, size  # slide: the windows are the graph's size, _slide pads them
         lo, hi = limits
-        if (self.settings.mode == "whole" and lo == hi) or size[0] > hi[0] or size[1] > hi[1]:
+        if lo == hi or size[0] > hi[0] or size[1] > hi[1]:
             size = fit_within(size, hi)
-        if self.settings.mode != "whole":
-            return size, size  # slide: _slide pads each window to the crop size
         return size, (max(size[0], lo[0]), max(size[1], lo[1]))
 
     def _probs_at_input(self, images: list[np.ndarray], timings: dict) -> list[torch.Tensor]:
