@@ -26,6 +26,7 @@ from rosbags.rosbag2 import Writer
 from tqdm import tqdm
 
 from vltseg_core.errors import VLTSegError
+from vltseg_ros.diagnostics import DOMAIN_SHIFT
 from vltseg_ros.replay import (COMPRESSED, IMAGE, IMAGE_TYPES, TYPESTORE, VideoSink, camera_namespace,
                                latency_histogram, open_bag, percentiles, stamp_ns, storage_of)
 
@@ -179,7 +180,8 @@ class Player:
         with self.answered:
             self.diagnostics.append(msg)
             for status in msg.status:
-                if status.name.startswith(self.node_prefix) and not status.name.endswith(": model"):
+                if (status.name.startswith(self.node_prefix) and not status.name.endswith(": model")
+                        and not status.name.endswith(DOMAIN_SHIFT)):
                     values = {kv.key: kv.value for kv in status.values}
                     handled = sum(int(values.get(k, 0)) for k in ("processed", *SKIP_COUNTERS))
                     if handled > self.handled:
@@ -327,7 +329,7 @@ def node_diagnostics(messages: list, namespace: str) -> dict:
                 for key, value in values.items():
                     if key.startswith("latency_ms/") and value != "nan":
                         stages.setdefault(key.split("/", 1)[1], []).append(float(value))
-            elif status.name.startswith(f"{node}: "):
+            elif status.name.startswith(f"{node}: ") and not status.name.endswith(DOMAIN_SHIFT):
                 camera = {k: v for k, v in values.items() if k in ("received", "processed", "dropped",
                                                                    *SKIP_COUNTERS)}
     return {"identity": model, "counters": {k: int(v) for k, v in camera.items()},

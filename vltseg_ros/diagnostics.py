@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from vltseg_core.domain_shift import ERROR, LEVELS, OK, WARN, FrameStats, References, level
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "publish")
+DOMAIN_SHIFT = " domain shift"  # suffix of each camera's domain-shift status name (after its counters' status)
 WINDOW = 1000  # samples kept per period; enough for 1 kHz at the default 1 s period
 
 
@@ -94,7 +95,7 @@ def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) 
             ("input_age_ms_max", _summary(cam.ages.copy(), np.max)), ("input_age_ms_mean", _summary(cam.ages)),
             ("receive_to_publish_ms_mean", _summary(cam.queue_latencies)))]
         statuses.append(status)
-        statuses.append(domain_shift_status(cam, stats.references, f"{node_name}: {topic} domain shift", topic))
+        statuses.append(domain_shift_status(cam, stats.references, f"{node_name}: {topic}{DOMAIN_SHIFT}", topic))
     msg = DiagnosticArray(status=statuses)
     msg.header.stamp = stamp
     return msg
