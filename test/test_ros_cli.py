@@ -97,8 +97,8 @@ def test_param_describe_shows_the_declared_ranges_and_read_only_flags(launched):
 
 def test_lifecycle_deactivate_then_ctrl_c_ends_the_launch_cleanly(launched):
     proc, log = launched
-    out = ros2("lifecycle", "set", NODE, "deactivate", "--no-daemon")
-    assert "Transitioning successful" in out.stdout, out.stdout + out.stderr
+    # repeated while the CLI's fresh participant has not discovered the node yet ("Node not found")
+    wait_output(("lifecycle", "set", NODE, "deactivate", "--no-daemon"), "Transitioning successful", 30, proc, log)
     wait_output(("lifecycle", "get", NODE, "--no-daemon"), "inactive [2]", 30, proc, log)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
