@@ -641,6 +641,18 @@ def latency_histogram(latencies: dict[str, list[float]], path: Path) -> Path:
     return path
 
 
+def skipped_and_latency_markdown(skipped: dict[str, int], latency_ms: dict[str, dict],
+                                 empty_table: bool = False) -> list[str]:
+    """The skipped-frames list and the per-stage latency table of a replay report (one bag or several; a one-bag
+    report shows the table's header even with no frame timed)."""
+    lines = ["", "Skipped frames:", ""] + [f"- {n} x {r}" for r, n in skipped.items()] if skipped else []
+    if latency_ms or empty_table:
+        lines += ["", "| stage | p50 ms | p95 ms | p99 ms | mean ms |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {stage} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['mean']:.1f} |"
+                  for stage, p in latency_ms.items()]
+    return lines
+
+
 def report_markdown(report: dict) -> str:
     f = report["frames"]
     lines = [f"# Replay of `{report['bag']}`", "",
@@ -660,11 +672,7 @@ def report_markdown(report: dict) -> str:
     if report["other_topics"]:
         lines += ["", "Other topics: " + ", ".join(f"`{t}` ({o['type']}, {o['messages']} messages, {o['role']})"
                                                   for t, o in report["other_topics"].items()) + "."]
-    if f["skipped_reasons"]:
-        lines += ["", "Skipped frames:", ""] + [f"- {n} x {r}" for r, n in f["skipped_reasons"].items()]
-    lines += ["", "| stage | p50 ms | p95 ms | p99 ms | mean ms |", "| --- | ---: | ---: | ---: | ---: |"]
-    for stage, p in report["latency_ms"].items():
-        lines.append(f"| {stage} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['mean']:.1f} |")
+    lines += skipped_and_latency_markdown(f["skipped_reasons"], report["latency_ms"], empty_table=True)
     lines += domain_shift_markdown(report["domain_shift"])
     if report["labels"]:
         lab = report["labels"]

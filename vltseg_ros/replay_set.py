@@ -21,7 +21,8 @@ from vltseg_core.classes import ClassTable
 from vltseg_core.domain_shift import References
 from vltseg_core.errors import VLTSegError
 from vltseg_ros.bag_reading import ROS1_SUFFIX, bag_bytes
-from vltseg_ros.replay import STAGES, TopicStats, label_summary, latency_histogram, percentiles, replay
+from vltseg_ros.replay import (STAGES, TopicStats, label_summary, latency_histogram, percentiles, replay,
+                               skipped_and_latency_markdown)
 
 KIND = "vltseg replay set"
 
@@ -268,12 +269,7 @@ def set_markdown(report: dict) -> str:
     total_miou = report["labels"]["miou"] if report["labels"] else None
     lines.append(f"| **total** | {f['read']} | {f['processed']} | {f['skipped']} | {_num(total_p50, 1)} | "
                  f"{_num(total_miou, 2)} | {report['errors'] or ''} |")
-    if f["skipped_reasons"]:
-        lines += ["", "Skipped frames:", ""] + [f"- {n} x {r}" for r, n in f["skipped_reasons"].items()]
-    if report["latency_ms"]:
-        lines += ["", "| stage | p50 ms | p95 ms | p99 ms | mean ms |", "| --- | ---: | ---: | ---: | ---: |"]
-        for stage, p in report["latency_ms"].items():
-            lines.append(f"| {stage} | {p['p50']:.1f} | {p['p95']:.1f} | {p['p99']:.1f} | {p['mean']:.1f} |")
+    lines += skipped_and_latency_markdown(f["skipped_reasons"], report["latency_ms"])
     if report["labels"]:
         lab = report["labels"]
         miou = "n/a" if lab["miou"] is None else f"{lab['miou']:.2f}"
