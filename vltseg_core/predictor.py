@@ -132,8 +132,19 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
-        """Resize back and argmax happen on the backend's device (see Backend.infer_device); only the two HxW
-        maps come back to the host."""
+        """predict_batch_device, then the two HxW maps of each image copied to the host."""
+        maps = self.predict_batch_device(images)
+        t0 = time.perf_counter()
+        results = [Prediction(labels=labels.cpu().numpy(), confidence=confidence.cpu().numpy())
+                   for labels, confidence in maps]
+        self.last_timings["postprocess"] += time.perf_counter() - t0
+        return results
+
+    @torch.inference_mode()
+    def predict_batch_device(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(labels HxW uint8, confidence HxW float32 in [0, 1]) per image, left on the backend's device: resize
+        back and argmax happen there (see Backend.infer_device), and a GPU caller renders its outputs there too
+        (visualize.render_device) before one copy to the host."""
         images = [validate_image(rgb) for rgb in images]
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
         if self._uses_deploy_outputs(images):
@@ -149,11 +160,10 @@ class Predictor:
         results = []
         for labels, confidence in maps:
             t0 = time.perf_counter()
-            labels = labels.to(torch.uint8).cpu().numpy()
-            confidence = confidence.cpu().numpy().astype(np.float32, copy=False)
+            labels, confidence = labels.to(torch.uint8), confidence.to(torch.float32)
             if self.settings.min_confidence > 0:
-                labels[confidence < self.settings.min_confidence] = 255
-            results.append(Prediction(labels=labels, confidence=np.clip(confidence, 0.0, 1.0)))
+                labels = labels.masked_fill(confidence < self.settings.min_confidence, 255)
+            results.append((labels, confidence.clamp(0.0, 1.0)))
             timings["postprocess"] += time.perf_counter() - t0
         self.last_timings = timings
         return results
