@@ -165,7 +165,7 @@ def test_a_batch_failing_with_an_internal_error_accounts_for_its_frames():
 
         def broken(images):
             raise RuntimeError("the backend lost its device")
-        node._predictor.predict_batch = broken
+        node._predictor.predict_batch_device = broken
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         for cam in node._cameras:
             for i in range(3):
@@ -178,7 +178,7 @@ def test_a_batch_failing_with_an_internal_error_accounts_for_its_frames():
             values = {kv.key: kv.value for kv in status.values}
             assert (values["received"], values["skipped_error"], values["processed"]) == ("3", "3", "0"), values
         assert 3 <= node._stats.errors <= 6  # batches: one to two frames each
-        assert node._worker.is_alive()
+        assert node._threads.alive()
 
 
 def test_cleanup_lets_the_model_be_freed():

@@ -412,7 +412,7 @@ def markdown_report(report: dict) -> str:
                      f"{_fmt(row['p95_ms'])} | {row['frames_per_s']:.2f} | {vs} | {rss} |")
     node_rows = [row for row in report["results"] if row["details"].get("node_stage_mean_ms")]
     if node_rows:
-        stages = ("decode", "preprocess", "inference", "postprocess", "publish", "receive_to_publish")
+        stages = ("decode", "preprocess", "inference", "postprocess", "render", "publish", "receive_to_publish")
         lines += ["", "Inside the node (means over the measured frames, ms, from its /diagnostics):", "",
                   "| backend | size | " + " | ".join(stages) + " |", "| --- | --- |" + " ---: |" * len(stages)]
         lines += [f"| {row['backend']} | {row['size']} | " + " | ".join(

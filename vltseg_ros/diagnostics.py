@@ -15,7 +15,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from vltseg_core.domain_shift import ERROR, LEVELS, OK, WARN, FrameStats, References, level
 
-STAGES = ("decode", "preprocess", "inference", "postprocess", "publish")
+STAGES = ("decode", "preprocess", "inference", "postprocess", "render", "publish")
 DOMAIN_SHIFT = " domain shift"  # suffix of each camera's domain-shift status name (after its counters' status)
 WINDOW = 1000  # samples kept per period; enough for 1 kHz at the default 1 s period
 
@@ -28,7 +28,7 @@ def _window() -> deque:
 class CameraStats:
     received: int = 0
     processed: int = 0
-    dropped: int = 0  # replaced by a newer frame before the worker got to it (live mode)
+    dropped: int = 0  # replaced by a newer frame in a stage queue (live mode)
     skipped: int = 0  # bad input or a frame the model cannot take
     skipped_error: int = 0  # in a batch that failed with something else (a bug, a backend failure; logged as errors)
     unwatched: int = 0  # not processed because nobody subscribed to any output (live mode)
@@ -50,6 +50,7 @@ class NodeStats:
     stages: dict[str, deque] = field(default_factory=lambda: {s: _window() for s in STAGES})
     batch_sizes: deque = field(default_factory=_window)  # frames per predict_batch call (cameras sharing the model)
     references: References | None = None  # the model's domain-shift references (None: statistics only)
+    queues: dict = field(default_factory=dict)  # the node's vltseg_core.pipeline.StageQueue by name
 
     def add_camera(self, topic: str) -> None:
         self.cameras[topic] = CameraStats()
@@ -79,6 +80,10 @@ def diagnostics_message(stats: NodeStats, node_name: str, period: float, stamp) 
     model.values += [KeyValue(key="errors", value=str(stats.errors)),
                      KeyValue(key="batch_size_max", value=_summary(stats.batch_sizes.copy(), np.max, 1.0)),
                      KeyValue(key="batch_size_mean", value=_summary(stats.batch_sizes, np.mean, 1.0))]
+    # per stage queue: the most frames one camera ever had waiting in it, and its bound (none: unbounded)
+    for name, queue in stats.queues.items():
+        model.values += [KeyValue(key=f"queue_max/{name}", value=str(queue.high_water)),
+                         KeyValue(key=f"queue_bound/{name}", value=str(queue.bound or "none"))]
     statuses = [model]
     for topic, cam in stats.cameras.items():
         in_rate = (cam.received - cam.last_received) / period

@@ -1,9 +1,11 @@
 """SegmentationNode: a thin rclpy lifecycle node over vltseg_core's Predictor.
 
-Callbacks only queue messages; one worker thread decodes, infers (frames of several cameras waiting together go
-as one batch) and publishes, so the executor never blocks. Live mode keeps the latest frame per camera (older
-ones are counted as dropped); evaluation mode keeps every frame. Bad frames are skipped with a throttled warning
-and a counter; the node never dies on input. Runs unchanged on Humble, Jazzy and Kilted (only APIs common to all).
+Callbacks only queue messages; three stage threads (vltseg_core.pipeline) decode, infer (frames of several cameras
+waiting together go as one batch) and render + publish, so the executor never blocks and decoding frame N+1 and
+publishing frame N-1 overlap inferring frame N. Live mode keeps the latest frame per camera in every queue (older
+ones are counted as dropped); evaluation mode keeps every frame, in order. Bad frames are skipped with a throttled
+warning and a counter; the node never dies on input. Runs unchanged on Humble, Jazzy and Kilted (only APIs common
+to all).
 """
 from __future__ import annotations
 
@@ -15,9 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import rclpy
@@ -35,14 +35,12 @@ from std_msgs.msg import String
 
 from vltseg_core.domain_shift import frame_record, load_references
 from vltseg_core.errors import VLTSegError
-from vltseg_core.visualize import confidence_mono8, overlay
+from vltseg_core.pipeline import Stage, StageQueue, StageThreads
+from vltseg_core.visualize import render, render_device
 from vltseg_ros.diagnostics import NodeStats, diagnostics_message
 from vltseg_ros.image_conversions import array_to_image, compressed_to_rgb, image_to_rgb
 from vltseg_ros.label_info import LATCHED, label_info_message, label_info_type
 from vltseg_ros.params import MODES, OUTPUT_PARAMS, PARAMS, TRANSPORTS, descriptor
-
-if TYPE_CHECKING:  # importing the predictor loads torch: only in configure
-    from vltseg_core.predictor import Prediction
 
 OUTPUTS = ("mask", "color", "confidence", "overlay")
 SHIFT = "domain_shift"  # std_msgs/String JSON per frame (docs/ros.md, "Domain shift")
@@ -62,18 +60,23 @@ INPUT_QOS_OVERRIDES = (QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind
 
 @dataclass
 class Frame:
+    """One message on its way through the stages."""
     camera: Camera
     msg: Image | CompressedImage
     received: float  # time.monotonic()
     counted: bool = False  # in exactly one counter (processed, skipped, unwatched...) once handled
+    rgb: np.ndarray | None = None  # decoded
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # visualize.render's, or mask + probability only
+    rendered: bool = False  # images rendered on the device (GPU backends); else rendered in the publish stage
 
 
 @dataclass
 class Camera:
-    """One camera's topics, queue and latest camera_info; `name` is its namespace ('' = the node's own)."""
+    """One camera's topics and latest camera_info; `name` is its namespace ('' = the node's own), `index` its key
+    in the stage queues."""
     name: str
+    index: int
     input_topic: str  # fully resolved; also the key of its counters
-    pending: deque
     publishers: dict = field(default_factory=dict)
     subscriptions: list = field(default_factory=list)
     camera_info: CameraInfo | None = None
@@ -87,13 +90,12 @@ class SegmentationNode(LifecycleNode):
         super().__init__("segmentation_node", **kwargs)
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
-        self._lock = threading.Condition()
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._count_lock = threading.Lock()  # counters are written from the executor and the stage threads
+        self._queues: dict[str, StageQueue] = {}  # input -> decode -> decoded -> infer -> segmented -> publish
+        self._threads: StageThreads | None = None
         self._predictor = None
         self._table = None
         self._cameras: list[Camera] = []
-        self._next_camera = 0  # index of the camera the next batch starts with (round robin)
         self._label_pub = None
         self._diag_pub = None
         self._diag_timer = None
@@ -144,9 +146,9 @@ class SegmentationNode(LifecycleNode):
         self._stats = NodeStats(identity=identity, mode=mode, state="inactive", references=load_references(model))
 
         output_qos = LIVE_OUTPUT if mode == "live" else EVALUATION_OUTPUT
-        self._cameras, self._next_camera = [], 0
-        for name in names:
-            cam = Camera(name, "", deque(maxlen=1) if mode == "live" else deque())
+        self._cameras = []
+        for index, name in enumerate(names):
+            cam = Camera(name, index, "")
             cam.input_topic = self.resolve_topic_name(cam.topic("image" if transport == "raw" else "image/compressed"))
             for out in OUTPUTS:
                 cam.publishers[out] = self.create_publisher(Image, cam.topic(f"segmentation/{out}"), output_qos)
@@ -169,19 +171,33 @@ class SegmentationNode(LifecycleNode):
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._start_pipeline()
         try:
             self._subscribe()
         except Exception as exc:  # noqa: BLE001 - e.g. a bad qos_overrides parameter; rclpy would say nothing
             self.get_logger().error(f"activate failed: {_reason(exc)}")
             self._stop_processing()
             return TransitionCallbackReturn.FAILURE
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name="segmentation-worker", daemon=True)
-        self._worker.start()
         self._stats.state = "active"
         self.get_logger().info(f"active: {len(self._cameras)} camera(s), {self._param('mode')} mode, "
                                f"{self._param('transport')} transport")
         return TransitionCallbackReturn.SUCCESS
+
+    def _start_pipeline(self) -> None:
+        """Queues of one frame per camera between the stages (the input queue too in live mode; evaluation input
+        is unbounded, as the subscription is keep-all): live drops the oldest, evaluation waits."""
+        live, count = self._param("mode") == "live", len(self._cameras)
+        dropped = self._on_dropped
+        self._queues = {"input": StageQueue(count, 1 if live else None, live, dropped),
+                        "decoded": StageQueue(count, 1, live, dropped),
+                        "segmented": StageQueue(count, 1, live, dropped)}
+        self._stats.queues = self._queues
+        self._threads = StageThreads([
+            Stage("segmentation-decode", self._queues["input"], self._decode, self._on_stage_error),
+            Stage("segmentation-infer", self._queues["decoded"], self._infer, self._on_stage_error,
+                  batch=lambda: self._param("max_batch_size")),
+            Stage("segmentation-publish", self._queues["segmented"], self._publish, self._on_stage_error)])
+        self._threads.start()
 
     def _subscribe(self) -> None:
         live = self._param("mode") == "live"
@@ -219,19 +235,16 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_processing(self) -> None:
-        """Unsubscribe, let the worker finish its current batch, forget queued frames."""
+        """Unsubscribe, let each stage finish the frames it holds, forget queued frames, join the stage threads."""
         for cam in self._cameras:
             for sub in cam.subscriptions:
                 self.destroy_subscription(sub)
             cam.subscriptions.clear()
-        self._stop.set()
-        with self._lock:
-            self._lock.notify_all()
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
-        for cam in self._cameras:
-            cam.pending.clear()
+        for queue in self._queues.values():
+            queue.close()
+        if self._threads is not None:
+            self._threads.join()
+            self._threads = None
         self._stats.state = "inactive"
 
     def _release(self) -> None:
@@ -252,12 +265,8 @@ class SegmentationNode(LifecycleNode):
     # ---- callbacks: queue only -------------------------------------------------------------------------------
     def _on_image(self, cam: Camera):
         def callback(msg) -> None:
-            with self._lock:
-                if cam.pending.maxlen is not None and len(cam.pending) == cam.pending.maxlen:
-                    self._stats.camera(cam.input_topic).dropped += 1
-                cam.pending.append(Frame(cam, msg, time.monotonic()))
-                self._stats.camera(cam.input_topic).received += 1
-                self._lock.notify()
+            self._count_received(cam)
+            self._queues["input"].put(cam.index, Frame(cam, msg, time.monotonic()))  # live: replaces a waiting one
         return callback
 
     def _on_camera_info(self, cam: Camera):
@@ -265,107 +274,116 @@ class SegmentationNode(LifecycleNode):
             cam.camera_info = msg
         return callback
 
-    # ---- worker ----------------------------------------------------------------------------------------------
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                while not self._stop.is_set() and not any(cam.pending for cam in self._cameras):
-                    self._lock.wait(0.5)
-                batch = self._take_batch(self._param("max_batch_size"))
-            if batch and not self._stop.is_set():
-                try:
-                    self._process(batch)
-                except Exception as exc:  # noqa: BLE001 - one failing batch must not end processing for good
-                    self._stats.errors += 1
-                    failed = [frame for frame in batch if not frame.counted]
-                    for frame in failed:
-                        self._count(frame, "skipped_error")
-                    self.get_logger().error(f"{len(failed)} frame(s) skipped: {_reason(exc)}",
-                                            throttle_duration_sec=max(self._param("warn_throttle"), 1e-3))
-
-    def _take_batch(self, limit: int) -> list[Frame]:
-        """The oldest waiting frame of up to `limit` cameras (caller holds the lock). Each batch starts after the
-        last camera served, so with more cameras than `limit` none starves and no frame is taken and lost."""
-        batch: list[Frame] = []
-        count = len(self._cameras)
-        for step in range(count):
-            index = (self._next_camera + step) % count
-            if len(batch) < limit and self._cameras[index].pending:
-                batch.append(self._cameras[index].pending.popleft())
-                self._next_camera = (index + 1) % count
-        return batch
+    # ---- stages: decode -> infer -> publish (vltseg_core.pipeline) ---------------------------------------------
+    def _count_received(self, cam: Camera) -> None:
+        with self._count_lock:
+            self._stats.camera(cam.input_topic).received += 1
 
     def _count(self, frame: Frame, counter: str) -> None:
         """Count a handled frame in exactly one counter, so per camera received = processed + dropped + skipped +
-        skipped_error + unwatched once its queue is empty."""
-        stats = self._stats.camera(frame.camera.input_topic)
-        setattr(stats, counter, getattr(stats, counter) + 1)
+        skipped_error + unwatched once the queues are empty."""
+        with self._count_lock:
+            stats = self._stats.camera(frame.camera.input_topic)
+            setattr(stats, counter, getattr(stats, counter) + 1)
         frame.counted = True
+
+    def _on_dropped(self, frame: Frame) -> None:
+        """Live mode: a newer frame of the same camera replaced this one in a stage queue."""
+        self._count(frame, "dropped")
+
+    def _on_stage_error(self, frames: list[Frame], exc: Exception) -> None:
+        with self._count_lock:
+            self._stats.errors += 1
+        failed = [frame for frame in frames if not frame.counted]
+        for frame in failed:
+            self._count(frame, "skipped_error")
+        self.get_logger().error(f"{len(failed)} frame(s) skipped: {_reason(exc)}",
+                                throttle_duration_sec=max(self._param("warn_throttle"), 1e-3))
 
     def _wanted(self, cam: Camera) -> set[str]:
         return {out for out in (*OUTPUTS, SHIFT) if cam.publishers[out].get_subscription_count() > 0}
 
+    def _images_wanted(self, cam: Camera) -> set[str]:
+        """What to render for a frame (visualize.IMAGES): the subscribed outputs; in evaluation mode always the
+        mask; the mask and the float confidence when the domain-shift statistics are wanted."""
+        subscribed = self._wanted(cam)
+        wanted = subscribed & set(OUTPUTS)
+        if self._param("mode") != "live":
+            wanted.add("mask")
+        if SHIFT in subscribed or self._diag_pub.get_subscription_count() > 0:  # lazy: ~2 ms at 1080x1920
+            wanted |= {"mask", "probability"}
+        return wanted
+
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text, throttle_duration_sec=max(self._param("warn_throttle"), 1e-3))
 
-    def _process(self, batch: list[Frame]) -> None:
-        live = self._param("mode") == "live"
-        decoded: list[tuple[Frame, np.ndarray]] = []
-        for frame in batch:
-            if live and not self._wanted(frame.camera):
-                self._count(frame, "unwatched")  # lazy: nobody listens, so no decode and no inference
-                continue
-            start = time.monotonic()
-            try:
-                convert = compressed_to_rgb if isinstance(frame.msg, CompressedImage) else image_to_rgb
-                rgb = convert(frame.msg, self._param("max_image_pixels"), frame.camera.input_topic)
-            except VLTSegError as exc:
-                self._count(frame, "skipped")
-                self._warn(f"skipped frame: {exc}")
-                continue
-            self._stats.stage("decode", time.monotonic() - start)
-            decoded.append((frame, rgb))
-
-        if not decoded:
+    def _decode(self, frames: list[Frame]) -> None:
+        (frame,) = frames
+        if self._param("mode") == "live" and not self._wanted(frame.camera):
+            self._count(frame, "unwatched")  # lazy: nobody listens, so no decode and no inference
             return
-        try:  # one call: the predictor runs same-size frames as one backend batch
-            predictions = self._predictor.predict_batch([rgb for _, rgb in decoded])
+        start = time.monotonic()
+        try:
+            convert = compressed_to_rgb if isinstance(frame.msg, CompressedImage) else image_to_rgb
+            frame.rgb = convert(frame.msg, self._param("max_image_pixels"), frame.camera.input_topic)
         except VLTSegError as exc:
-            for frame, _ in decoded:
-                self._count(frame, "skipped")
-            self._warn(f"skipped {len(decoded)} frame(s): {exc}")
+            self._count(frame, "skipped")
+            self._warn(f"skipped frame: {exc}")
             return
-        self._stats.batch_sizes.append(len(decoded))
+        self._stats.stage("decode", time.monotonic() - start)
+        self._queues["decoded"].put(frame.camera.index, frame)
+
+    def _infer(self, frames: list[Frame]) -> None:
+        """One predict call for the batch (same-size frames are one backend batch). GPU backends render the
+        wanted images on the device and copy them to the host once; CPU results are rendered by the publish
+        stage, overlapping the next inference."""
+        try:
+            maps = self._predictor.predict_batch_device([frame.rgb for frame in frames])
+        except VLTSegError as exc:
+            for frame in frames:
+                self._count(frame, "skipped")
+            self._warn(f"skipped {len(frames)} frame(s): {exc}")
+            return
+        self._stats.batch_sizes.append(len(frames))
         for stage, seconds in (self._predictor.last_timings or {}).items():
             self._stats.stage(stage, seconds)
-        for (frame, rgb), prediction in zip(decoded, predictions):
-            self._publish(frame, rgb, prediction)
+        for frame, (labels, confidence) in zip(frames, maps):
+            if labels.device.type == "cpu":
+                frame.images = {"mask": labels.numpy(), "probability": confidence.numpy()}
+                continue
+            start = time.monotonic()
+            frame.images = render_device(labels, confidence, frame.rgb, self._table.palette(),
+                                         self._param("overlay_alpha"), self._images_wanted(frame.camera))
+            frame.rendered = True
+            self._stats.stage("render", time.monotonic() - start)
+        for frame in frames:  # last: from here on the publish stage accounts for them
+            self._queues["segmented"].put(frame.camera.index, frame)
 
-    def _publish(self, frame: Frame, rgb: np.ndarray, prediction: Prediction) -> None:
-        start = time.monotonic()
+    def _publish(self, frames: list[Frame]) -> None:
+        (frame,) = frames
         cam, header = frame.camera, frame.msg.header
+        images = frame.images
+        if not frame.rendered:
+            start = time.monotonic()
+            images = render(images["mask"], images["probability"], frame.rgb, self._table.palette(),
+                            self._param("overlay_alpha"), self._images_wanted(cam))
+            self._stats.stage("render", time.monotonic() - start)
+        start = time.monotonic()
         wanted = self._wanted(cam)
-        if "mask" in wanted or self._param("mode") != "live":  # evaluation: every mask, listened to or not
-            cam.publishers["mask"].publish(array_to_image(prediction.labels, "mono8", header))
-        if "confidence" in wanted:
-            cam.publishers["confidence"].publish(array_to_image(confidence_mono8(prediction.confidence), "mono8",
-                                                                header))
-        if wanted & {"color", "overlay"}:
-            color = self._table.colorize(prediction.labels)
-            if "color" in wanted:
-                cam.publishers["color"].publish(array_to_image(color, "rgb8", header))
-            if "overlay" in wanted:
-                blended = overlay(rgb, color, self._param("overlay_alpha"))
-                cam.publishers["overlay"].publish(array_to_image(blended, "rgb8", header))
-        if SHIFT in wanted or self._diag_pub.get_subscription_count() > 0:  # lazy: ~2 ms at 1080x1920
-            record = frame_record(prediction.labels, prediction.confidence, self._table.names, self._stats.references)
+        if self._param("mode") != "live":
+            wanted.add("mask")  # evaluation: every mask, listened to or not
+        for out, encoding in (("mask", "mono8"), ("confidence", "mono8"), ("color", "rgb8"), ("overlay", "rgb8")):
+            if out in wanted and out in images:
+                cam.publishers[out].publish(array_to_image(images[out], encoding, header))
+        if "probability" in images:
+            record = frame_record(images["mask"], images["probability"], self._table.names, self._stats.references)
             self._stats.camera(cam.input_topic).shifts.append(record)
             if SHIFT in wanted:
                 stamp = {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec}
                 cam.publishers[SHIFT].publish(String(data=json.dumps({"stamp": stamp, "frame_id": header.frame_id,
                                                                       **record})))
         if cam.camera_info is not None:
-            cam.publishers["camera_info"].publish(camera_info_for(cam.camera_info, header, *rgb.shape[:2]))
+            cam.publishers["camera_info"].publish(camera_info_for(cam.camera_info, header, *frame.rgb.shape[:2]))
         now = time.monotonic()
         self._stats.stage("publish", now - start)
         self._count(frame, "processed")
