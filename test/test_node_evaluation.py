@@ -95,6 +95,12 @@ def test_three_cameras_in_batches_of_two_every_frame_bad_input_and_sim_time(node
                    for kv in status.values if kv.key == "batch_size_max"}
     assert "2.0" in batch_sizes, f"frames of several cameras were never inferred together: {batch_sizes}"
     assert batch_sizes <= {"nan", "1.0", "2.0"}, f"a batch was larger than max_batch_size=2: {batch_sizes}"
+    # The stage queues after the input (unbounded: keep-all) never held more than one frame per camera: the
+    # stages wait for each other instead of dropping.
+    model = {kv.key: kv.value for kv in [s for s in diags[-1].status if s.name.endswith("model")][0].values}
+    assert model["queue_bound/input"] == "none"
+    for queue in ("decoded", "segmented"):
+        assert model[f"queue_bound/{queue}"] == "1" and model[f"queue_max/{queue}"] == "1", model
 
     # use_sim_time: the age of the input is measured on /clock (wall-clock age would be decades).
     late = rgb_image(frame(99), 0, "cam1")
