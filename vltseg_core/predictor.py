@@ -154,9 +154,12 @@ class Predictor:
             t1 = time.perf_counter()
             labels, confidence = self.backend.infer_labels(batch)
             timings["inference"] += time.perf_counter() - t1
-            maps = zip(labels, confidence)
+            maps = list(zip(labels, confidence))
         else:
-            maps = (reversed(probs.max(dim=0)) for probs in self._probs_at_input(images, timings))  # (labels, conf.)
+            probs = self._probs_at_input(images, timings)
+            t0 = time.perf_counter()
+            maps = [tuple(reversed(p.max(dim=0))) for p in probs]  # (labels, confidence)
+            timings["postprocess"] += time.perf_counter() - t0
         results = []
         for labels, confidence in maps:
             t0 = time.perf_counter()
