@@ -267,6 +267,21 @@ def test_real_camvid_train_and_val(camvid_root):
         assert set(np.unique(sample.label).tolist()) <= set(ds.class_ids) | {255}
 
 
+def test_development_split_carved_out_of_camvid_train_by_sequence(camvid_root):
+    """include / exclude globs on the image file names split train by sequence, disjointly and completely."""
+    full = build_dataset("camvid", camvid_root, "train")
+    dev = build_dataset("camvid", camvid_root, "train", include=["0006R0_*"])
+    rest = build_dataset("camvid", camvid_root, "train", exclude=["0006R0_*"])
+    assert (len(dev), len(rest)) == (101, 266)
+    assert {p for p, _ in dev.pairs} | {p for p, _ in rest.pairs} == {p for p, _ in full.pairs}
+    assert all(p.name.startswith("0006R0_") for p, _ in dev.pairs)
+    assert not any(p.name.startswith("0006R0_") for p, _ in rest.pairs)
+    with pytest.raises(VLTSegError, match=r"no image of 367 is left by include \['0007\*'\]"):
+        build_dataset("camvid", camvid_root, "train", include=["0007*"])
+    with pytest.raises(VLTSegError, match="expected a list of file-name glob patterns"):
+        build_dataset("camvid", camvid_root, "train", exclude="0006R0_*")
+
+
 # ---------------------------------------------------------------------------------------------- transforms
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -136,20 +137,50 @@ def test_validation_and_checkpoint_use_the_experiment_test_protocol(tmp_path, ca
 
 
 def test_frozen_backbone_feature_cache(tmp_path, camvid_mini):
-    cfg = load_experiment(_config(tmp_path, camvid_mini), ["train.freeze_backbone=true", "train.feature_cache=true",
-                                                           "train.iterations=3", "train.eval_interval=3",
-                                                           "data.val={kind: camvid, root: %s, split: mini}" % camvid_mini])
+    """Augmented views are cached once per (image, view): each is the transform drawn with the generator of
+    (seed, view, image), training reads them and never changes the backbone, and a rerun, more views, a lost view or
+    a subset of the images compute only what is missing."""
+    overrides = ["train.freeze_backbone=true", "train.feature_cache=true", "train.iterations=3",
+                 "train.eval_interval=3", "data.cache_views=2",
+                 "data.val={kind: camvid, root: %s, split: mini}" % camvid_mini]
+    cfg = load_experiment(_config(tmp_path, camvid_mini), overrides)
     trainer = Trainer(cfg, tmp_path / "cached")
     backbone_before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
     last = trainer.run()
-    assert len(trainer.dataset) == 2 * FRAMES  # each frame and its mirror image
+    assert len(trainer.dataset) == 2 * FRAMES  # two augmented views of each frame
     assert 0.0 <= last["val_miou"] <= 100.0
     assert all(torch.equal(v, trainer.model.backbone.state_dict()[k]) for k, v in backbone_before.items())
-    # the cache is reused, not recomputed, by a second run on the same backbone
-    meta = tmp_path / "cached" / "feature_cache" / "train" / "meta.json"
-    stamp = meta.stat().st_mtime_ns
+
+    # view 1 of frame 0 is the transform drawn with default_rng((seed, 1, image key)) through the backbone
+    cache, model = trainer.dataset, trainer.model
+    sample = build_dataset("camvid", camvid_mini, "mini").load(0)
+    transform = TrainTransform.from_config(cfg["data"]["transform"])
+    image, label = transform(sample.image, sample.label, np.random.default_rng((0, 1, int(cache.keys[0][:15], 16))))
+    with torch.inference_mode():
+        expected = model.backbone(model._normalise_and_pad(torch.from_numpy(image).permute(2, 0, 1)[None].float()))
+    feats, padded = cache[1]
+    assert torch.equal(feats[0], expected[0][0].to(torch.float16).float())
+    assert torch.equal(padded[:label.shape[0], :label.shape[1]], torch.from_numpy(label).long())
+    assert not torch.equal(cache[0][0][0], feats[0])  # two views are two draws
+
+    def views() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "cached" / "feature_cache").glob("*/*.labels.npy")}
+
+    before = views()
+    assert len(before) == 2 * FRAMES
     Trainer(cfg, tmp_path / "cached")
-    assert meta.stat().st_mtime_ns == stamp
+    assert views() == before  # reused, not recomputed
+    lost = next(iter(before))
+    lost.unlink()  # an interrupted run: this view never finished
+    more = Trainer(load_experiment(_config(tmp_path, camvid_mini), overrides + ["data.cache_views=3"]),
+                   tmp_path / "cached")
+    after = views()
+    assert len(more.dataset) == 3 * FRAMES and len(after) == 3 * FRAMES
+    assert {p: t for p, t in after.items() if p in before and p != lost} == {p: t for p, t in before.items() if p != lost}
+    subset = Trainer(load_experiment(_config(tmp_path, camvid_mini), overrides + [
+        "data.train={kind: camvid, root: %s, split: mini, exclude: ['%s']}" % (camvid_mini, sample.name.split("/")[-1] + ".png")]),
+        tmp_path / "cached")
+    assert len(subset.dataset) == 2 * (FRAMES - 1) and views() == after
 
 
 def test_two_process_ddp_step(tmp_path, camvid_mini):
@@ -182,3 +213,12 @@ def test_every_shipped_experiment_is_a_valid_config(name):
     TrainTransform.from_config(cfg["data"].get("transform", {}))
     build_loss(preset["head"]["type"], 19, cfg.get("loss"))
     build_scheduler(build_optimizer(torch.nn.Linear(2, 2), cfg.get("optimizer")), cfg["schedule"])
+
+
+def test_unknown_data_options_and_dataset_keys_are_one_error(tmp_path, camvid_mini):
+    with pytest.raises(VLTSegError, match=r"unknown data option\(s\) \['cache_flips'\]"):
+        load_experiment(_config(tmp_path, camvid_mini), ["data.cache_flips=true"])
+    cfg = load_experiment(_config(tmp_path, camvid_mini), [
+        "data.train={kind: camvid, root: %s, split: mini, sequence: 0006R0}" % camvid_mini])
+    with pytest.raises(VLTSegError, match=r"unknown dataset key\(s\) \['sequence'\]"):
+        Trainer(cfg, tmp_path / "bad")

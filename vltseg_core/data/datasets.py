@@ -6,6 +6,7 @@ Which raw ids a dataset uses and how they map is data: configs/datasets/*.yaml (
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -280,10 +281,13 @@ DATASETS: dict[str, DatasetKind] = {
 
 
 def build_dataset(kind: str, root: str | Path, split: str | None = None, *, transform: Transform | None = None,
-                  seed: int = 0, label_map: str | None = None) -> SegmentationDataset:
+                  seed: int = 0, label_map: str | None = None, include: list[str] | None = None,
+                  exclude: list[str] | None = None) -> SegmentationDataset:
     """The `split` of the dataset `kind` (see DATASETS) downloaded to `root`; split None = the kind's usual
-    evaluation split (all images for the synthetic GTA5 / SYNTHIA). The first label is read at once, so a
-    mislabeled dataset fails here rather than mid-run."""
+    evaluation split (all images for the synthetic GTA5 / SYNTHIA). `include` / `exclude` keep only the images
+    whose file name matches one of / none of the glob patterns (e.g. a development split carved out of train by
+    sequence: `include: ["0006R0_*"]`). The first label is read at once, so a mislabeled dataset fails here
+    rather than mid-run."""
     if kind not in DATASETS:
         raise VLTSegError(f"unknown dataset kind '{kind}' (expected one of {', '.join(DATASETS)})")
     spec = DATASETS[kind]
@@ -291,11 +295,27 @@ def build_dataset(kind: str, root: str | Path, split: str | None = None, *, tran
     if not root.is_dir():
         raise VLTSegError(f"{kind}: dataset root not found: {root} (expected the extracted {kind} download)")
     split = split or spec.default_split
-    dataset = SegmentationDataset(kind, root, split, spec.find_pairs(root, split),
+    pairs = select_pairs(spec.find_pairs(root, split), include, exclude, f"{kind}:{root}:{split}")
+    dataset = SegmentationDataset(kind, root, split, pairs,
                                   load_label_map(label_map or spec.label_map), read_label=spec.read_label,
                                   transform=transform, seed=seed, resize_image_to_label=spec.resize_image_to_label)
     dataset.load(0)
     return dataset
+
+
+def select_pairs(pairs: list[tuple[Path, Path]], include: list[str] | None, exclude: list[str] | None,
+                 where: str) -> list[tuple[Path, Path]]:
+    """The pairs whose image file name matches an `include` pattern (all when None) and no `exclude` pattern."""
+    for name, patterns in (("include", include), ("exclude", exclude)):
+        if patterns is not None and (isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)):
+            raise VLTSegError(f"{where}: {name} is {patterns!r} (expected a list of file-name glob patterns)")
+    kept = [pair for pair in pairs
+            if (include is None or any(fnmatch.fnmatchcase(pair[0].name, p) for p in include))
+            and not any(fnmatch.fnmatchcase(pair[0].name, p) for p in exclude or ())]
+    if not kept:
+        raise VLTSegError(f"{where}: no image of {len(pairs)} is left by include {include} / exclude {exclude} "
+                          "(expected glob patterns of image file names, e.g. '0006R0_*')")
+    return kept
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, Path, str | None]:

@@ -1,11 +1,19 @@
-"""Frozen-backbone feature cache: with the backbone frozen, its multi-block features of every training image (and of
-its horizontal flip) are computed once and stored as float16 memmaps, so each epoch only runs the neck and head.
-This is what makes training the demo model on a CPU practical. Only flips are possible as augmentation here
-(a random crop or rescale would need new backbone features), and all images must share one size."""
+"""Frozen-backbone feature cache: with the backbone frozen, its multi-block features are computed once per training
+view and stored as float16 arrays, so each iteration only runs the neck and head. This is what makes training the
+demo model on a CPU practical.
+
+A view is one draw of the training transform (rescale, crop, flip, photometric) with a generator seeded by (seed,
+view, image), so `views` augmented copies of every image stand in for the on-the-fly augmentation a trainable
+backbone would see; without a transform the one view is the untransformed image (then all images must share one
+size). Each view is one file, written atomically and named by the image's paths and the view's number: an
+interrupted caching run resumes where it stopped, a subset of the images (a development split) reuses the files of
+the whole set, and more views reuse the ones already there."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vltseg_core.data.transforms import TrainTransform
 from vltseg_core.errors import VLTSegError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def backbone_fingerprint(model: torch.nn.Module) -> str:
@@ -36,24 +45,27 @@ def pad_label(label: torch.Tensor, divisor: int, ignore_index: int = 255) -> tor
                  value=ignore_index)
 
 
-class FeatureCache(torch.utils.data.Dataset):
-    """Items are (list of backbone feature maps (C, h, w) float32, padded label (H, W) int64)."""
+def _image_key(pair: tuple[Path, Path]) -> str:
+    return hashlib.sha256("\0".join(str(p) for p in pair).encode()).hexdigest()[:24]
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.meta = json.loads((self.folder / "meta.json").read_text())
-        n, shapes = self.meta["count"], self.meta["feature_shapes"]
-        self.levels = [np.lib.format.open_memmap(self.folder / f"level{i}.npy", mode="r") for i in range(len(shapes))]
-        self.labels = np.lib.format.open_memmap(self.folder / "labels.npy", mode="r")
-        if any(len(level) != n for level in self.levels) or len(self.labels) != n:
-            raise VLTSegError(f"feature cache {self.folder} is incomplete (expected {n} entries per file); delete it")
+
+class FeatureCache(torch.utils.data.Dataset):
+    """Items are (list of backbone feature maps (C, h, w) float32, padded label (H, W) int64); item i is view
+    i % views of image i // views."""
+
+    def __init__(self, folder: Path, keys: list[str], views: int):
+        self.folder, self.keys, self.views = Path(folder), list(keys), int(views)
 
     def __len__(self) -> int:
-        return self.meta["count"]
+        return len(self.keys) * self.views
 
     def __getitem__(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-        feats = [torch.from_numpy(np.array(level[index], dtype=np.float32)) for level in self.levels]
-        return feats, torch.from_numpy(np.array(self.labels[index], dtype=np.int64))
+        image, view = divmod(index, self.views)
+        stem = self.folder / f"{self.keys[image]}_{view}"
+        feats = np.load(f"{stem}.npy", mmap_mode="r")
+        label = np.load(f"{stem}.labels.npy")
+        return ([torch.from_numpy(np.array(level, dtype=np.float32)) for level in feats],
+                torch.from_numpy(label.astype(np.int64)))
 
 
 def _padded_input(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
@@ -61,48 +73,50 @@ def _padded_input(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
     return model._normalise_and_pad(x)
 
 
-@torch.inference_mode()
-def build_feature_cache(model: torch.nn.Module, dataset, folder: str | Path, flips: bool = True,
-                        desc: str = "caching backbone features") -> FeatureCache:
-    """Compute (or reuse, when the fingerprint matches) the backbone features of every sample of `dataset`
-    (a `build_dataset` dataset without transform), plus their horizontal flips when `flips`."""
-    folder = Path(folder)
-    key = {"version": FORMAT_VERSION, "backbone": backbone_fingerprint(model), "flips": bool(flips),
-           "samples": [str(p) for pair in dataset.pairs for p in pair]}
-    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    meta_path = folder / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key_hash:
-        return FeatureCache(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # an interrupted or stale cache is rebuilt from scratch
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as f:
+        np.save(f, array)
+    os.replace(part, path)
 
-    first = dataset.load(0)
-    height, width = first.label.shape
-    variants = [False, True] if flips else [False]
-    count = len(dataset) * len(variants)
+
+@torch.inference_mode()
+def build_feature_cache(model: torch.nn.Module, dataset, root: str | Path, views: int = 1,
+                        transform: TrainTransform | None = None, seed: int = 0,
+                        desc: str = "caching backbone features") -> FeatureCache:
+    """The backbone features of `views` views of every sample of `dataset` (a `build_dataset` dataset without
+    transform) under `root`/<hash of backbone, transform, seed>/, computing only the views not there yet."""
+    if views < 1 or (transform is None and views != 1):
+        raise VLTSegError(f"data.cache_views is {views} (expected 1 without data.transform, or >= 1 with one)")
+    key = {"version": FORMAT_VERSION, "backbone": backbone_fingerprint(model), "seed": int(seed),
+           "transform": dataclasses.asdict(transform) if transform is not None else None}
+    folder = Path(root) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").is_file():
+        (folder / "key.json").write_text(json.dumps(key, indent=1))
+    keys = [_image_key(pair) for pair in dataset.pairs]
+    todo = [(i, v) for i, k in enumerate(keys) for v in range(views) if not (folder / f"{k}_{v}.labels.npy").is_file()]
     was_training = model.training
     model.eval()
-    feats = model.backbone(_padded_input(model, first.image))
-    shapes = [list(f.shape[1:]) for f in feats]
-    levels = [np.lib.format.open_memmap(folder / f"level{i}.npy", mode="w+", dtype=np.float16, shape=(count, *s))
-              for i, s in enumerate(shapes)]
-    padded = pad_label(torch.from_numpy(first.label), model.size_divisor)
-    labels = np.lib.format.open_memmap(folder / "labels.npy", mode="w+", dtype=np.uint8,
-                                       shape=(count, *padded.shape))
-    for index in tqdm(range(len(dataset)), desc=desc, unit="img", dynamic_ncols=True):
-        sample = dataset.load(index)
-        if sample.label.shape != (height, width):
-            raise VLTSegError(f"{dataset.pairs[index][0]} is {sample.label.shape[1]}x{sample.label.shape[0]} but the "
-                              f"feature cache needs every image at {width}x{height} (train without feature_cache)")
-        for v, flip in enumerate(variants):
-            image, label = (sample.image[:, ::-1], sample.label[:, ::-1]) if flip else (sample.image, sample.label)
-            row = index * len(variants) + v
-            for level, f in zip(levels, model.backbone(_padded_input(model, image))):
-                level[row] = f[0].to(torch.float16).numpy()
-            labels[row] = pad_label(torch.from_numpy(np.ascontiguousarray(label)), model.size_divisor).numpy()
-    for array in (*levels, labels):
-        array.flush()
+    shape = None
+    loaded: tuple[int, object] | None = None
+    for index, view in tqdm(todo, desc=desc, unit="view", dynamic_ncols=True, disable=not todo):
+        if loaded is None or loaded[0] != index:
+            loaded = (index, dataset.load(index))
+        sample = loaded[1]
+        image, label = sample.image, sample.label
+        if transform is not None:
+            image, label = transform(image, label, np.random.default_rng((seed, view, int(keys[index][:15], 16))))
+        if shape is None:
+            shape = label.shape
+        elif label.shape != shape:
+            raise VLTSegError(f"{dataset.pairs[index][0]} gives a {label.shape[1]}x{label.shape[0]} view but the "
+                              f"feature cache needs every view at {shape[1]}x{shape[0]} (set data.transform with a "
+                              "crop_size, or train without feature_cache)")
+        levels = model.backbone(_padded_input(model, image))
+        stem = folder / f"{keys[index]}_{view}"
+        _save_atomic(Path(f"{stem}.npy"), torch.stack([f[0] for f in levels]).to(torch.float16).numpy())
+        padded = pad_label(torch.from_numpy(np.ascontiguousarray(label)), model.size_divisor)
+        _save_atomic(Path(f"{stem}.labels.npy"), padded.numpy().astype(np.uint8))  # written last: the view is done
     model.train(was_training)
-    meta_path.write_text(json.dumps({"key": key_hash, "count": count, "feature_shapes": shapes,
-                                     "image_size": [height, width], "flips": bool(flips)}, indent=1))
-    return FeatureCache(folder)
+    return FeatureCache(folder, keys, views)

@@ -36,6 +36,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 TOP_KEYS = {"name", "description", "model", "model_overrides", "num_classes", "backbone_weights", "data", "train",
             "optimizer", "schedule", "loss", "test", "paper"}
+DATA_KEYS = {"train", "val", "transform", "workers", "cache_views", "feature_cache_dir"}
+DATA_SPEC_KEYS = {"kind", "root", "split", "include", "exclude"}
 TEST_KEYS = {"mode", "size", "crop_size", "stride", "crops_per_batch", "min_confidence"}
 
 
@@ -64,6 +66,9 @@ def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None
     for key in ("model", "data"):
         if key not in cfg:
             raise VLTSegError(f"experiment config {path} lacks '{key}'")
+    unknown = sorted(set(cfg["data"]) - DATA_KEYS)
+    if unknown:
+        raise VLTSegError(f"unknown data option(s) {unknown} in {path} (expected some of {sorted(DATA_KEYS)})")
     if "train" not in cfg["data"]:
         raise VLTSegError(f"experiment config {path} lacks data.train (expected {{kind, root, split}})")
     bad = sorted(set(cfg.get("train", {})) - set(TRAIN_DEFAULTS))
@@ -129,7 +134,7 @@ def resolved_config(cfg: dict[str, Any]) -> dict[str, Any]:
     loss = {k: v.default for k, v in inspect.signature(loss_cls).parameters.items()
             if v.default is not inspect.Parameter.empty}
     data = dict(cfg["data"])
-    if cfg["train"]["feature_cache"]:
+    if cfg["train"]["feature_cache"] and data.get("transform") is None:
         data["transform"] = "none (feature cache of the untransformed frames)"
     else:
         data["transform"] = dataclasses.asdict(TrainTransform.from_config(data.get("transform", {})))
@@ -310,23 +315,29 @@ class Trainer:
     def _build_dataset(self, spec: dict, transform=None):
         from vltseg_core.data.datasets import build_dataset
 
-        return build_dataset(spec["kind"], spec["root"], spec.get("split"), transform=transform, seed=self.seed)
+        unknown = sorted(set(spec) - DATA_SPEC_KEYS)
+        if unknown:
+            raise VLTSegError(f"unknown dataset key(s) {unknown} in {spec} (expected some of {sorted(DATA_SPEC_KEYS)})")
+        return build_dataset(spec["kind"], spec["root"], spec.get("split"), transform=transform, seed=self.seed,
+                             include=spec.get("include"), exclude=spec.get("exclude"))
 
     def _train_data(self):
-        data = self.cfg["data"]
-        if self.cfg["train"]["feature_cache"]:
-            return self._cached(data["train"], "train", flips=bool(data.get("cache_flips", True)))
         from vltseg_core.data.transforms import TrainTransform
 
-        return self._build_dataset(data["train"], TrainTransform.from_config(data.get("transform", {})))
+        data = self.cfg["data"]
+        if not self.cfg["train"]["feature_cache"]:
+            return self._build_dataset(data["train"], TrainTransform.from_config(data.get("transform", {})))
+        # cached views are drawn from data.transform when the experiment sets one, else untransformed frames
+        transform = TrainTransform.from_config(data["transform"]) if data.get("transform") is not None else None
+        root = Path(data.get("feature_cache_dir") or self.work_dir / "feature_cache")
+        dataset = self._build_dataset(data["train"])
 
-    def _cached(self, spec: dict, split: str, flips: bool) -> FeatureCache:
-        folder = self.work_dir / "feature_cache" / split
-        if self.dist.main:
-            build_feature_cache(self.model, self._build_dataset(spec), folder, flips=flips,
-                                desc=f"caching backbone features ({split})")
+        def cache() -> FeatureCache:
+            return build_feature_cache(self.model, dataset, root, views=int(data.get("cache_views", 1)),
+                                       transform=transform, seed=self.seed, desc="caching backbone features (train)")
+        built = cache() if self.dist.main else None
         self.dist.barrier()
-        return FeatureCache(folder)
+        return built or cache()  # the other ranks find every image done by rank 0
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches of `epoch`: a DistributedSampler order seeded by (seed, epoch), cut into batches."""
@@ -473,8 +484,7 @@ class Trainer:
         spec = self.cfg["data"].get("val")
         if spec is None:
             raise VLTSegError("train.eval_interval is set but the experiment has no data.val ({kind, root, split})")
-        cache = self._cached(spec, "val", flips=False) if self.cfg["train"]["feature_cache"] else None
-        return self._build_dataset(spec), cache
+        return self._build_dataset(spec)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -484,21 +494,12 @@ class Trainer:
         from vltseg_core.evaluation import ConfusionMatrix
 
         self.model.eval()
-        dataset, cache = self.val
-        predictor = None if cache is not None else self._val_predictor()
+        dataset, predictor = self.val, self._val_predictor()
         cm = ConfusionMatrix(self.model.num_classes)
         indices = range(self.dist.rank, len(dataset), self.dist.world)
         for i in tqdm(indices, desc="val", unit="img", leave=False, dynamic_ncols=True, disable=not self.dist.main):
             sample = dataset.load(i)
-            if cache is None:
-                pred = predictor.predict(sample.image).labels
-            else:
-                h, w = sample.label.shape
-                feats, padded_label = cache[i]
-                outputs = self.model.forward_head(self.model.neck([f[None].to(self.dist.device) for f in feats]))
-                scores = self.model.head.semantic_scores(outputs, tuple(padded_label.shape))[..., :h, :w]
-                pred = scores[0].argmax(0).cpu().numpy().astype(np.uint8)
-            cm.update(pred, sample.label)
+            cm.update(predictor.predict(sample.image).labels, sample.label)
         if self.dist.world > 1:
             mat = torch.from_numpy(cm.mat).to(self.dist.device)
             dist.all_reduce(mat)
