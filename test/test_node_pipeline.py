@@ -88,3 +88,53 @@ def test_pipeline_under_a_camera_faster_than_the_model(mode):
         assert threads.alive()
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node._threads is None and not threads.alive()  # every stage thread joined
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["numpy render", "device render"])
+def test_every_output_equals_the_serial_path(on_device, monkeypatch):
+    """Both rendering branches of the node (numpy in the publish stage; torch in the infer stage, taken here with
+    CPU tensors as a GPU backend takes it with CUDA ones) publish the bytes of the serial path: predict, then
+    colourise / mono8 / blend."""
+    import numpy as np
+
+    import vltseg_ros.node
+    from vltseg_core.predictor import load_predictor
+    from vltseg_core.visualize import confidence_mono8, overlay
+
+    monkeypatch.setattr(vltseg_ros.node, "renders_on_device", lambda labels: on_device)
+    calls = {"render": 0, "render_device": 0}
+    for name in calls:
+        def counted(*args, name=name, real=getattr(vltseg_ros.node, name)):
+            calls[name] += 1
+            return real(*args)
+        monkeypatch.setattr(vltseg_ros.node, name, counted)
+    params = {"model": str(tiny_onnx()), "backend": "onnxruntime", "mode": "evaluation", "overlay_alpha": 0.3}
+    outputs = ("mask", "color", "confidence", "overlay")
+    with node_in_process(**params) as node:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        node._wanted = lambda cam: set(outputs)
+        (cam,) = node._cameras
+        published = {out: [] for out in outputs}
+        for out in outputs:
+            cam.publishers[out].publish = published[out].append
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        frames = [frame(i) for i in range(4)]
+        for i, rgb in enumerate(frames):
+            node._on_image(cam)(rgb_image(rgb, i))
+        wait_until(lambda: all(len(msgs) == len(frames) for msgs in published.values()), 60, "every output")
+        assert node._stats.camera(cam.input_topic).processed == len(frames)
+        assert calls == {"render": 0 if on_device else 4, "render_device": 4 if on_device else 0}
+        predictor, table = load_predictor(str(tiny_onnx()), backend="onnxruntime"), node._table
+
+    def pixels(msg):
+        arr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, -1)
+        return arr[..., 0] if msg.encoding == "mono8" else arr
+    for i, rgb in enumerate(frames):
+        prediction = predictor.predict(rgb)
+        color = table.colorize(prediction.labels)
+        expected = {"mask": prediction.labels, "color": color, "confidence": confidence_mono8(prediction.confidence),
+                    "overlay": overlay(rgb, color, 0.3)}
+        for out in outputs:
+            msg = published[out][i]
+            assert msg.header.stamp.sec == 1000 + i
+            assert np.array_equal(pixels(msg), expected[out]), (out, i)

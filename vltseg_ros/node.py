@@ -348,7 +348,7 @@ class SegmentationNode(LifecycleNode):
         for stage, seconds in (self._predictor.last_timings or {}).items():
             self._stats.stage(stage, seconds)
         for frame, (labels, confidence) in zip(frames, maps):
-            if labels.device.type == "cpu":
+            if not renders_on_device(labels):
                 frame.images = {"mask": labels.numpy(), "probability": confidence.numpy()}
                 continue
             start = time.monotonic()
@@ -396,6 +396,12 @@ class SegmentationNode(LifecycleNode):
         self._diag_pub.publish(diagnostics_message(self._stats, self.get_fully_qualified_name(),
                                                    self._param("diagnostics_period"),
                                                    self.get_clock().now().to_msg()))
+
+
+def renders_on_device(labels) -> bool:
+    """Maps a GPU backend left on its GPU are rendered there; host tensors (CPU backends, and ONNX Runtime on any
+    provider) by numpy. A function of its own so that tests can take the device path with CPU tensors."""
+    return labels.device.type != "cpu"
 
 
 def _reason(exc: Exception) -> str:
