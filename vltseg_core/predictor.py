@@ -126,7 +126,10 @@ class Predictor:
         """(C, H, W) float32 probabilities at the input resolution (the building block for TTA)."""
         rgb = validate_image(rgb)
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-        probs = self._probs_at_input([rgb], timings)[0]
+        scores = self._scores_at_input([rgb], timings)[0]
+        t0 = time.perf_counter()
+        probs = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
+        timings["postprocess"] += time.perf_counter() - t0
         self.last_timings = timings
         return probs.cpu().numpy()
 
@@ -156,10 +159,14 @@ class Predictor:
             timings["inference"] += time.perf_counter() - t1
             maps = list(zip(labels, confidence))
         else:
-            probs = self._probs_at_input(images, timings)
-            t0 = time.perf_counter()
-            maps = [tuple(reversed(p.max(dim=0))) for p in probs]  # (labels, confidence)
-            timings["postprocess"] += time.perf_counter() - t0
+            maps = []
+            for scores in self._scores_at_input(images, timings):
+                t0 = time.perf_counter()
+                # argmax and best / sum: what the normalised probabilities' max gives (division by the pixel's
+                # positive sum is monotonic), without dividing all C maps (at 1080x1920: 269 instead of 359 ms)
+                best, labels = scores.max(dim=0)
+                maps.append((labels, best / scores.sum(0).clamp_min(1e-12)))
+                timings["postprocess"] += time.perf_counter() - t0
         results = []
         for labels, confidence in maps:
             t0 = time.perf_counter()
@@ -195,10 +202,11 @@ class Predictor:
             size = fit_within(size, hi)
         return size, (max(size[0], lo[0]), max(size[1], lo[1]))
 
-    def _probs_at_input(self, images: list[np.ndarray], timings: dict) -> list[torch.Tensor]:
-        """Probabilities (C,H,W) per image at its own resolution; same-size images share backend calls. Backends
+    def _scores_at_input(self, images: list[np.ndarray], timings: dict) -> list[torch.Tensor]:
+        """Class scores (C,H,W) per image at its own resolution; same-size images share backend calls. Backends
         give unnormalised class scores (Mask2Former's): windows are averaged and resized back on those, and each
-        pixel is divided by its sum once, last (mmseg's order; normalising per window can flip overlaps)."""
+        pixel is divided by its sum once, last, by the caller (mmseg's order; normalising per window can flip
+        overlaps)."""
         out: list[torch.Tensor | None] = [None] * len(images)
         t0 = time.perf_counter()
         groups: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
@@ -222,8 +230,7 @@ class Predictor:
                 timings["inference"] += time.perf_counter() - t1
             t2 = time.perf_counter()
             for j, i in enumerate(indices):
-                scores = self._to_input_size(probs[j, :, :size[0], :size[1]], images[i].shape[:2])
-                out[i] = scores / scores.sum(0, keepdim=True).clamp_min(1e-12)
+                out[i] = self._to_input_size(probs[j, :, :size[0], :size[1]], images[i].shape[:2])
             timings["postprocess"] += time.perf_counter() - t2
         return out
 
