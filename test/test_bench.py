@@ -57,6 +57,7 @@ def test_json_has_every_cell_with_consistent_statistics(bench_out):
             assert node["ratio_to_below"] == pytest.approx(node["median_ms"] / pred["median_ms"])
             assert rep["ratio_to_below"] == pytest.approx(rep["frames_per_s"] / pred["frames_per_s"])
             assert node["details"]["node_stage_mean_ms"]["inference"] > 0  # the node's own /diagnostics
+            assert len(node["details"]["predictor_interleaved_ms"]) == 2  # one predictor frame after each node frame
             h, w = (int(v) for v in size.split("x"))
             assert back["details"]["batches"] == [[1, 3, h, w]]  # tiny-test infers at the input size
 
@@ -100,6 +101,15 @@ def test_targets_met_and_missed_at_their_thresholds():
     assert met("(backend)", "onnxruntime") is False  # 95 vs 90 ms
     assert evaluate_targets(rows, "cuda")[-1]["target"].startswith("replay")  # the CPU-only target is skipped
     assert rows[1]["ratio_to_below"] == pytest.approx(1.05)
+
+    # where the node row carries predictor frames interleaved with its own, the target is judged on those (the
+    # same load), and it needs no predictor cell
+    rows[1]["details"] = {"predictor_interleaved_ms": [101.0, 99.0, 98.0]}  # median 99: +6 ms > 5 %
+    (node_torch,) = [t for t in evaluate_targets(rows, "cpu") if "node adds" in t["target"] and t["backend"] == "torch"]
+    assert not node_torch["met"]
+    alone = [dict(rows[1], details={"predictor_interleaved_ms": [100.0]})]
+    (target,) = evaluate_targets(alone, "cpu")
+    assert target["met"] and "interleaved" in target["value"]
 
 
 def test_markdown_and_plot(bench_out):

@@ -80,6 +80,9 @@ class BenchSetup:
     iters: int
     predictor: Any  # vltseg_core.predictor.Predictor
     tick: Callable[[], None] = lambda: None  # advances the progress bar by one frame
+    # runs fn(*args) on the bench's inference worker thread: the node layer times predictor frames interleaved
+    # with its own, so both see the same load (on a shared machine two cells a minute apart differ by 10 %)
+    in_worker: Callable[..., Any] = lambda fn, *args: fn(*args)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -312,7 +315,8 @@ def run_bench(model: str, backends: list[str], sizes: list[tuple[int, int]], lay
         for backend in backends:
             bar.set_postfix_str(f"loading {model} on {backend}")
             predictor = load_predictor(model, backend=backend, device=device, precision=precision)
-            setup = BenchSetup(model, backend, device, precision, warmup, iters, predictor, lambda: bar.update(1))
+            setup = BenchSetup(model, backend, device, precision, warmup, iters, predictor, lambda: bar.update(1),
+                               worker.run)
             for layer, function in functions.items():
                 bar.set_postfix_str(f"{backend} {layer}")
                 if layer in MAIN_THREAD_LAYERS:
@@ -354,15 +358,19 @@ def evaluate_targets(rows: list[dict], device: str, target_sizes: list[str] | No
     for row in rows:
         backend, size = _key(row)
         pred = by_key.get(("predictor", backend, size))
-        if pred is None:
-            continue
-        if row["layer"] == "node" and (target_sizes is None or size in target_sizes):
-            added = row["median_ms"] - pred["median_ms"]
-            allowed = max(NODE_OVERHEAD_REL * pred["median_ms"], NODE_OVERHEAD_ABS_MS)
+        interleaved = (row.get("details") or {}).get("predictor_interleaved_ms")
+        if row["layer"] == "node" and (pred or interleaved) and (target_sizes is None or size in target_sizes):
+            # the predictor's frames interleaved with the node's where measured (the same load), else its cell
+            ref = float(np.median(interleaved)) if interleaved else pred["median_ms"]
+            which = " (predictor frames interleaved with the node's)" if interleaved else ""
+            added = row["median_ms"] - ref
+            allowed = max(NODE_OVERHEAD_REL * ref, NODE_OVERHEAD_ABS_MS)
             targets.append({"target": "node adds <= max(5 %, 3 ms) over the predictor", "backend": backend,
                             "size": size, "met": added <= allowed,
-                            "value": f"+{added:.1f} ms ({added / pred['median_ms']:+.1%}) over "
-                                     f"{pred['median_ms']:.1f} ms; allowed {allowed:.1f} ms"})
+                            "value": f"+{added:.1f} ms ({added / ref:+.1%}) over {ref:.1f} ms{which}; "
+                                     f"allowed {allowed:.1f} ms"})
+        if pred is None:
+            continue
         if row["layer"] == "replay":
             ratio = row["frames_per_s"] / pred["frames_per_s"]
             targets.append({"target": "replay >= 95 % of the predictor's throughput", "backend": backend,

@@ -121,8 +121,16 @@ class _NodeProcess:
         self.log.close()
 
 
+def _predict_seconds(predictor, frame: np.ndarray) -> float:
+    start = time.perf_counter()
+    predictor.predict(frame)
+    return time.perf_counter() - start
+
+
 def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
-    """Publish a frame, wait for its mask from the node process, repeat; one node process for all sizes."""
+    """Publish a frame, wait for its mask from the node process, then one bare predictor frame in this process (on
+    the inference worker thread), repeat; one node process for all sizes. The interleaved predictor frames see the
+    machine's load as the node's frames do: the node target is judged on them."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -188,16 +196,18 @@ def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerRes
                 seen = stages.messages
                 spin_until(lambda: stages.messages > seen, 3 * DIAGNOSTICS_PERIOD_S)
                 stages.start()
-                times = []
+                times, interleaved = [], []
                 for _ in range(setup.iters):
                     times.append(send(frame, FRAME_TIMEOUT_S))
+                    interleaved.append(setup.in_worker(_predict_seconds, setup.predictor, frame))
                     setup.tick()
                 spin_until(lambda: stages.frames() >= setup.iters, 3 * DIAGNOSTICS_PERIOD_S)
                 results.append(LayerResult("node", setup.backend, size, times, len(times) / sum(times),
                                            read_peak_rss_mib(node_proc.proc.pid),
                                            details={"peak_rss_of": "segmentation node process",
                                                     "node_stage_mean_ms": stages.means_ms(),
-                                                    "node_stage_frames": stages.frames()}))
+                                                    "node_stage_frames": stages.frames(),
+                                                    "predictor_interleaved_ms": [t * 1e3 for t in interleaved]}))
             executor.shutdown()
             node.destroy_node()
         finally:
