@@ -97,7 +97,8 @@ def test_three_cameras_in_batches_of_two_every_frame_bad_input_and_sim_time(node
     assert batch_sizes <= {"nan", "1.0", "2.0"}, f"a batch was larger than max_batch_size=2: {batch_sizes}"
     # The stage queues after the input (unbounded: keep-all) never held more than one frame per camera: the
     # stages wait for each other instead of dropping.
-    model = {kv.key: kv.value for kv in [s for s in diags[-1].status if s.name.endswith("model")][0].values}
+    model = [{kv.key: kv.value for kv in s.values} for msg in diags for s in msg.status
+             if s.name == "/seg_raw: model"][-1]  # /diagnostics also carries the other node's
     assert model["queue_bound/input"] == "none"
     for queue in ("decoded", "segmented"):
         assert model[f"queue_bound/{queue}"] == "1" and model[f"queue_max/{queue}"] == "1", model

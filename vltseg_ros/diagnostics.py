@@ -62,10 +62,15 @@ class NodeStats:
         self.stages.setdefault(name, _window()).append(seconds)
 
 
+def _drain(samples: deque) -> list:
+    """Take the period's samples one by one (popleft is atomic): a sample the stage threads append between a copy
+    and a clear() would be lost, this way it counts in the next period."""
+    return [samples.popleft() for _ in range(len(samples))]
+
+
 def _summary(samples: deque, reduce=np.mean, scale: float = 1000.0) -> str:
     """Reduce and forget one period's samples (seconds -> ms by default)."""
-    values = list(samples)
-    samples.clear()
+    values = _drain(samples)
     return f"{reduce(values) * scale:.1f}" if values else "nan"
 
 
@@ -112,8 +117,7 @@ _DIAGNOSTIC_LEVEL = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR
 def domain_shift_status(cam: CameraStats, references: References | None, name: str, topic: str) -> DiagnosticStatus:
     """The period's mean statistics and their level (a lone odd frame shows in frames_warn / frames_error, not in
     the level); class shares averaged over the period."""
-    records = list(cam.shifts)
-    cam.shifts.clear()
+    records = _drain(cam.shifts)
     status = DiagnosticStatus(name=name, hardware_id=topic, level=DiagnosticStatus.OK)
     if not records:
         status.message = "no frames analysed this period (nothing segmented, or no /diagnostics subscriber then)"
