@@ -51,7 +51,7 @@ def recordings(tmp_path_factory, predictor):
 def comparable(report: dict) -> dict:
     """What must not depend on how the run was split (timings and output paths do)."""
     labels = report["labels"]
-    return {"inputs": report["inputs"], "frames": report["frames"],
+    return {"inputs": report["inputs"], "frames": report["frames"], "domain_shift": report["domain_shift"],
             "bags": [{k: b[k] for k in ("index", "bag", "name", "error", "frames", "miou")} for b in report["bags"]],
             "labels": {k: labels[k] for k in ("miou", "iou", "confusion_matrix", "label_matching", "num_images")}}
 
@@ -80,7 +80,14 @@ def test_several_bags_one_report_and_three_shards_merge_to_it(tmp_path, recordin
     bag_mious = [b["miou"] for b in whole["bags"][:2]]
     assert len(set(bag_mious)) == 2 and whole["labels"]["miou"] != pytest.approx(np.mean(bag_mious), abs=1e-3)
     assert whole["bags"][2]["miou"] is None and whole["labels"]["label_matching"] == {"evaluated": 3}
+    # every processed frame's domain-shift record, from its bag's report, its topic prefixed by the bag
+    shift = whole["domain_shift"]
+    assert shift["frames"] == [{**r, "topic": f"{name}:{r['topic']}"}
+                               for name, rep in zip(names, per_bag) for r in rep["domain_shift"]["frames"]]
+    assert len(shift["frames"]) == 7 and sum(shift["levels"].values()) == 7
+    assert (tmp_path / "all" / "domain_shift.png").stat().st_size > 0
     md = (tmp_path / "all" / "report.md").read_text()
+    assert "## Domain shift" in md and "`day1__run:" in md
     assert md.startswith("# Replay of 3 bags") and "| `parking_mcap` | 4 | 4 | 0 |" in md and "| **total** | 10 |" in md
 
     shard_dirs = [tmp_path / f"shard{k}" for k in range(3)]

@@ -561,9 +561,9 @@ def domain_shift_plot(shifts: list[dict], references: References | None, path: P
 
     fig, axes = plt.subplots(3, 1, figsize=(7, 6.2), sharex=True)
     fig.subplots_adjust(left=0.11, right=0.98, bottom=0.08, top=0.95, hspace=0.15)
-    start = min(r["stamp_ns"] for r in shifts)
-    for topic in dict.fromkeys(r["topic"] for r in shifts):
+    for topic in dict.fromkeys(r["topic"] for r in shifts):  # each topic (of each bag of a set) from its start
         rows = [r for r in shifts if r["topic"] == topic]
+        start = min(r["stamp_ns"] for r in rows)
         t = [(r["stamp_ns"] - start) / 1e9 for r in rows]
         axes[0].plot(t, [r["mean_confidence"] for r in rows], label=topic, linewidth=1)
         axes[1].plot(t, [r["low_confidence_share"] for r in rows], linewidth=1)

@@ -21,8 +21,8 @@ from vltseg_core.classes import ClassTable
 from vltseg_core.domain_shift import References
 from vltseg_core.errors import VLTSegError
 from vltseg_ros.bag_reading import ROS1_SUFFIX, bag_bytes
-from vltseg_ros.replay import (STAGES, TopicStats, label_summary, latency_histogram, percentiles, replay,
-                               skipped_and_latency_markdown)
+from vltseg_ros.replay import (STAGES, TopicStats, domain_shift_markdown, domain_shift_plot, domain_shift_summary,
+                               label_summary, latency_histogram, percentiles, replay, skipped_and_latency_markdown)
 
 KIND = "vltseg replay set"
 
@@ -186,6 +186,7 @@ def combine(entries: list[dict], set_dirs: list[Path], meta: dict, out_dir: Path
     matrices)."""
     frames, latencies, label_counts = TopicStats(), {stage: [] for stage in STAGES}, Counter()
     matrix, labelled, tables, bags = None, [], [], []
+    shifts, shift_refs = [], None  # every bag's per-frame domain-shift records, topics prefixed by the bag
     wall = 0.0
     for entry, set_dir in zip(entries, set_dirs):
         folder = set_dir / entry["name"]
@@ -206,6 +207,9 @@ def combine(entries: list[dict], set_dirs: list[Path], meta: dict, out_dir: Path
         for stage, samples in rep["latency_samples_ms"].items():
             latencies[stage] += samples
         tables.append(rep["class_table"])
+        shift = rep.get("domain_shift") or {"frames": [], "references": None}
+        shifts += [{**r, "topic": f"{entry['name']}:{r['topic']}"} for r in shift["frames"]]
+        shift_refs = shift_refs or shift["references"]
         if rep["labels"]:
             lab = rep["labels"]
             row["miou"] = lab["miou"]
@@ -223,6 +227,12 @@ def combine(entries: list[dict], set_dirs: list[Path], meta: dict, out_dir: Path
               "wall_s": wall, "throughput_fps": frames.processed / wall if wall > 0 else 0.0, "labels": None,
               "errors": sum(1 for b in bags if b["error"]),
               "files": {"report_json": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md")}}
+    references = None if shift_refs is None else References.from_dict({**shift_refs, "class_shares": {}},
+                                                                         "a bag's report.json")
+    report["domain_shift"] = domain_shift_summary(shifts, references)
+    if shifts:
+        report["files"]["domain_shift_plot"] = str(domain_shift_plot(shifts, references,
+                                                                     out_dir / "domain_shift.png"))
     if matrix is not None:
         report["labels"], paths = _total_labels(matrix, tables[0], meta["model"], labelled, label_counts, out_dir)
         report["files"].update({f"eval_{kind}": str(path) for kind, path in paths.items()})
@@ -277,6 +287,7 @@ def set_markdown(report: dict) -> str:
                   "Label matching: " + ", ".join(f"{n} {k}" for k, n in lab["label_matching"].items()) + ".",
                   f"Per-class IoU: `{Path(report['files']['eval_markdown']).name}`, "
                   f"`{Path(report['files']['eval_chart']).name}`."]
+    lines += domain_shift_markdown(report["domain_shift"])
     return "\n".join(lines) + "\n"
 
 
