@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the committed demo model (vltseg_core/pretrained/) in one command, on a CPU:
 #   scripts/train_demo_model.sh [CAMVID_ROOT] [WORK_DIR]      (defaults: ../shared/data/camvid runs/demo)
-# 1. `vltseg train demo_camvid` (feature cache of augmented views, then the neck + head), resumed exactly from
+# 1. `vltseg train demo_camvid` (feature cache of the frozen backbone, then the neck + head), resumed exactly from
 #    WORK_DIR when an earlier run was interrupted (the cached views are kept too), so it can span sessions;
 # 2. the float16 neck + head written over vltseg_core/pretrained/demo_head.safetensors;
 # 3. `vltseg eval` of that committed model on CamVid val (the only time val is used) into WORK_DIR/eval_val;

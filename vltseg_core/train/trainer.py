@@ -71,6 +71,11 @@ def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None
         raise VLTSegError(f"unknown data option(s) {unknown} in {path} (expected some of {sorted(DATA_KEYS)})")
     if "train" not in cfg["data"]:
         raise VLTSegError(f"experiment config {path} lacks data.train (expected {{kind, root, split}})")
+    for role in ("train", "val"):
+        unknown = sorted(set(cfg["data"].get(role) or {}) - DATA_SPEC_KEYS)
+        if unknown:
+            raise VLTSegError(f"unknown dataset key(s) {unknown} in data.{role} of {path} "
+                              f"(expected some of {sorted(DATA_SPEC_KEYS)})")
     bad = sorted(set(cfg.get("train", {})) - set(TRAIN_DEFAULTS))
     if bad:
         raise VLTSegError(f"unknown train option(s) {bad} in {path} (expected some of {sorted(TRAIN_DEFAULTS)})")
@@ -315,9 +320,6 @@ class Trainer:
     def _build_dataset(self, spec: dict, transform=None):
         from vltseg_core.data.datasets import build_dataset
 
-        unknown = sorted(set(spec) - DATA_SPEC_KEYS)
-        if unknown:
-            raise VLTSegError(f"unknown dataset key(s) {unknown} in {spec} (expected some of {sorted(DATA_SPEC_KEYS)})")
         return build_dataset(spec["kind"], spec["root"], spec.get("split"), transform=transform, seed=self.seed,
                              include=spec.get("include"), exclude=spec.get("exclude"))
 
