@@ -7,7 +7,7 @@ import signal
 import pytest
 from sensor_msgs.msg import Image
 
-from ros_helpers import RELIABLE, Harness, frame, rgb_image, start_node, tiny_onnx
+from ros_helpers import RELIABLE, Harness, frame, rgb_image, start_node, stop_node, tiny_onnx
 
 FRAMES = 40
 
@@ -38,3 +38,20 @@ def test_signal_of_a_busy_node_stops_it_cleanly(sig, tmp_path):
     assert code == 0, f"exit code {code} after {sig.name}:\n{text[-3000:]}"
     bad = [line for line in text.splitlines() if "ERROR" in line or "Traceback" in line or "Failed to publish" in line]
     assert not bad, f"{sig.name} of a busy node logged:\n" + "\n".join(bad)
+
+
+def test_ctrl_c_works_when_the_node_was_started_with_sigint_ignored(tmp_path):
+    """A process started in the background by a script (`cmd &`, nohup) inherits SIGINT ignored, and Python then
+    installs no handler: the node installs its own, so Ctrl-C / `ros2 launch`'s SIGINT still stops it."""
+    log = tmp_path / "node.log"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the child at exec
+    try:
+        proc = start_node(log, model=str(tiny_onnx()), backend="onnxruntime", autostart=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    h = Harness("ignored_sigint_test", log, proc)
+    try:
+        h.wait_for(lambda: "active:" in log.read_text(), 120, "the node to activate")
+    finally:
+        h.close()
+    assert stop_node(proc) == 0, log.read_text()

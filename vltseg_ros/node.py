@@ -434,7 +434,10 @@ def main(args: list[str] | None = None) -> int:
     # rclpy's signal handler would shut the context down at once, under the worker's publish (an ERROR at every
     # Ctrl-C of a busy node); Python's KeyboardInterrupt in this thread lets `finally` stop the worker first.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # what `ros2 launch` sends after SIGINT: same path
+    # SIGINT explicitly too: a process started with SIGINT ignored (nohup, a script's `cmd &`) inherits SIG_IGN, and
+    # Python then installs no handler, so Ctrl-C / `ros2 launch`'s SIGINT would be ignored
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: what `ros2 launch` sends after SIGINT: same path
+        signal.signal(sig, signal.default_int_handler)
     node = SegmentationNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
