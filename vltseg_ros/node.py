@@ -431,13 +431,15 @@ def main(args: list[str] | None = None) -> int:
     """`ros2 run vltseg_ros segmentation_node` / the `segmentation_node` console script."""
     # vltseg_core reports long steps (backend choice, ONNX export, engine build) through `logging`.
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [vltseg] %(message)s")
-    # rclpy's signal handler would shut the context down at once, under the worker's publish (an ERROR at every
-    # Ctrl-C of a busy node); Python's KeyboardInterrupt in this thread lets `finally` stop the worker first.
+    # rclpy's signal handler would shut the context down at once, under the stage threads' publish (an ERROR at every
+    # Ctrl-C of a busy node); ours only asks the spin loop to end, so `finally` stops the stages first. It is a flag,
+    # not Python's KeyboardInterrupt: raised inside rclpy's C++ take_message that one arrives as a RuntimeError (exit
+    # 1). Installed for SIGINT explicitly: a process started with SIGINT ignored (nohup, a script's `cmd &`) gets no
+    # Python handler, and Ctrl-C / `ros2 launch`'s SIGINT would be ignored. SIGTERM (`ros2 launch` after SIGINT) too.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    # SIGINT explicitly too: a process started with SIGINT ignored (nohup, a script's `cmd &`) inherits SIG_IGN, and
-    # Python then installs no handler, so Ctrl-C / `ros2 launch`'s SIGINT would be ignored
-    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: what `ros2 launch` sends after SIGINT: same path
-        signal.signal(sig, signal.default_int_handler)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
     node = SegmentationNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -447,9 +449,9 @@ def main(args: list[str] | None = None) -> int:
                 if trigger() != TransitionCallbackReturn.SUCCESS:  # the transition logged why
                     node.get_logger().info(f"autostart: {transition} did not succeed; exiting with code 2")
                     return 2
-        while rclpy.ok():
-            executor.spin_once(timeout_sec=0.2)  # a bounded wait: Python runs its signal handler in between
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while rclpy.ok() and not stop.is_set():
+            executor.spin_once(timeout_sec=0.2)  # a bounded wait: the flag is read in between
+    except ExternalShutdownException:
         pass
     finally:
         node._stop_processing()
