@@ -112,6 +112,23 @@ def test_dinov2_backbone_keeps_timm_keys():
         assert_probabilities(model(torch.rand(1, 3, 90, 130) * 255), 1, 90, 130)
 
 
+def test_backbone_maps_follow_out_indices_order_with_repeats():
+    """[3, 3, 0] gives block 3, block 3, block 0: a frozen backbone feeds its last block to every pyramid level."""
+    from vltseg_core.models.backbone import ViTBackbone
+
+    torch.manual_seed(0)
+    vit = ViTBackbone("dinov2", out_indices=[3, 3, 0], img_size=56, timm_kwargs={"depth": 4}).eval()
+    x = torch.randn(1, 3, 56, 70)
+    with torch.inference_mode():
+        maps = vit(x)
+        blocks = vit.vit.forward_intermediates(x, indices=[0, 3], norm=False, output_fmt="NCHW", intermediates_only=True)
+    assert len(maps) == 3 and maps[0].shape == (1, 384, 4, 5)
+    torch.testing.assert_close(maps[0], blocks[1], rtol=0, atol=0)
+    torch.testing.assert_close(maps[1], blocks[1], rtol=0, atol=0)
+    torch.testing.assert_close(maps[2], blocks[0], rtol=0, atol=0)
+    assert not torch.equal(maps[0], maps[2])
+
+
 def test_deformable_sampling_at_pixel_centres_reads_those_pixels():
     torch.manual_seed(0)
     n, m, d, points = 1, 2, 3, 2

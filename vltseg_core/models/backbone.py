@@ -58,5 +58,10 @@ class ViTBackbone(nn.Module):
         self.patch_size = int(self.vit.patch_embed.patch_size[0])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.vit.forward_intermediates(x, indices=self.out_indices, norm=False, output_fmt="NCHW",
+        """The maps in `out_indices` order, repeats allowed: [11, 11, 11, 11] feeds the last block to every pyramid
+        level (ViTDet's simple feature pyramid), which a frozen backbone needs (MODEL_CARD.md)."""
+        blocks = sorted(set(self.out_indices))
+        maps = self.vit.forward_intermediates(x, indices=blocks, norm=False, output_fmt="NCHW",
                                               intermediates_only=True)
+        by_block = dict(zip(blocks, maps))
+        return [by_block[i] for i in self.out_indices]
