@@ -5,6 +5,7 @@ import pytest
 from vltseg_core import pretrained
 from vltseg_core.assets import AssetUnavailable
 from vltseg_core.data.datasets import build_dataset
+from vltseg_core.errors import VLTSegError
 from vltseg_core.evaluation import ConfusionMatrix
 
 FRAMES = 6
@@ -47,3 +48,19 @@ def test_demo_model_segments_real_val_frames(demo_predictor, camvid_root):
     assert 100 * cm.miou(dataset.class_ids) > MIN_MIOU, {i: round(100 * iou[i], 1) for i in dataset.class_ids}
     assert 100 * iou[0] > 85  # road
     assert 100 * iou[10] > 85  # sky
+
+
+def test_export_head_refuses_a_checkpoint_with_trained_backbone_blocks(demo_predictor, tmp_path):
+    """The committed model is neck + head over the converted backbone: a partially fine-tuned checkpoint
+    (train.trainable_blocks) would lose its trained blocks, so it is one error; a frozen-backbone one exports."""
+    from safetensors.torch import load_file, save_file
+
+    state = pretrained.load_demo_model().state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "frozen.safetensors"))
+    dest = pretrained.export_head(tmp_path / "frozen.safetensors", dest=tmp_path / "head.safetensors")
+    assert set(load_file(str(dest))) == {k for k in state if k.startswith(("neck.", "head."))}
+    state["backbone.vit.blocks.11.mlp.fc2.weight"] = state["backbone.vit.blocks.11.mlp.fc2.weight"] + 1e-3
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "tuned.safetensors"))
+    with pytest.raises(VLTSegError, match=r"trained backbone weights \(blocks.11.mlp.fc2.weight and 0 more"):
+        pretrained.export_head(tmp_path / "tuned.safetensors", dest=tmp_path / "head2.safetensors")
+    assert not (tmp_path / "head2.safetensors").exists()

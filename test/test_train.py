@@ -136,6 +136,38 @@ def test_validation_and_checkpoint_use_the_experiment_test_protocol(tmp_path, ca
         load_experiment(_config(tmp_path, camvid_mini), ["test.stride=[0, 0]"])
 
 
+def test_partial_fine_tuning_trains_only_the_last_blocks(tmp_path, camvid_mini):
+    """trainable_blocks: 1 with a frozen backbone: the last block, the neck and the head change, nothing else."""
+    cfg = load_experiment(_config(tmp_path, camvid_mini), ["train.freeze_backbone=true", "train.trainable_blocks=1",
+                                                           "train.iterations=2"])
+    trainer = Trainer(cfg, tmp_path / "partial")
+    last = len(trainer.model.backbone.vit.blocks) - 1
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    backbone = {k for k in changed if k.startswith("backbone.")}
+    assert all(k.startswith(f"backbone.vit.blocks.{last}.") for k in backbone), sorted(backbone)
+    assert {f"backbone.vit.blocks.{last}.attn.qkv.weight", f"backbone.vit.blocks.{last}.mlp.fc2.weight"} <= backbone
+    assert any(k.startswith("neck.") for k in changed) and any(k.startswith("head.") for k in changed)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["train.trainable_blocks=2"], r"train.trainable_blocks is 2 .*expected 0, or with freeze_backbone: true"),
+    (["train.freeze_backbone=true", "train.trainable_blocks=-1"], r"trainable_blocks is -1"),
+    (["train.freeze_backbone=true", "train.feature_cache=true", "train.trainable_blocks=1"],
+     r"trainable_blocks 1 .* needs train.feature_cache: false"),
+])
+def test_bad_trainable_blocks_are_one_error(tmp_path, camvid_mini, overrides, match):
+    with pytest.raises(VLTSegError, match=match):
+        load_experiment(_config(tmp_path, camvid_mini), overrides)
+
+
+def test_more_trainable_blocks_than_the_backbone_has_is_one_error(tmp_path, camvid_mini):
+    cfg = load_experiment(_config(tmp_path, camvid_mini), ["train.freeze_backbone=true", "train.trainable_blocks=99"])
+    with pytest.raises(VLTSegError, match=r"trainable_blocks is 99 but the backbone has \d+ blocks"):
+        Trainer(cfg, tmp_path / "run")
+
+
 def test_frozen_backbone_feature_cache(tmp_path, camvid_mini):
     """Augmented views are cached once per (image, view): each is the transform drawn with the generator of
     (seed, view, image), training reads them and never changes the backbone, and a rerun, more views, a lost view or

@@ -38,7 +38,15 @@ def export_head(checkpoint: str | Path, dest: Path = HEAD_WEIGHTS, **meta: str) 
     """Write the neck + head of a trained demo checkpoint (ours, .safetensors or a training .pth) as float16."""
     from vltseg_core.checkpoint import read_weights
 
+    from vltseg_core.demo_backbone import load_demo_backbone_state
+
     state = read_weights(checkpoint)
+    trained = [k for k, v in load_demo_backbone_state().items()
+               if f"backbone.vit.{k}" in state and not torch.equal(state[f"backbone.vit.{k}"].float(), v.float())]
+    if trained:
+        raise VLTSegError(f"{checkpoint} has trained backbone weights ({trained[0]} and {len(trained) - 1} more, "
+                          "train.trainable_blocks?) but the committed demo model keeps only the neck + head (expected "
+                          "a frozen-backbone checkpoint)")
     head = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
             for k, v in state.items() if k.startswith(HEAD_PREFIXES)}
     if not head:

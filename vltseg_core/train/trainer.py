@@ -32,7 +32,8 @@ from vltseg_core.train.optim import OPTIMIZER_DEFAULTS, build_optimizer, build_s
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "iterations": 20000, "batch_size": 8, "precision": "fp32", "seed": 0, "freeze_backbone": False,
-    "feature_cache": False, "checkpoint_interval": 1000, "eval_interval": 0, "log_interval": 10,
+    "trainable_blocks": 0, "feature_cache": False, "checkpoint_interval": 1000, "eval_interval": 0,
+    "log_interval": 10,
 }
 TOP_KEYS = {"name", "description", "model", "model_overrides", "num_classes", "backbone_weights", "data", "train",
             "optimizer", "schedule", "loss", "test", "paper"}
@@ -84,6 +85,13 @@ def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None
         raise VLTSegError(f"train.precision '{cfg['train']['precision']}' in {path} (expected fp32 or bf16)")
     if cfg["train"]["feature_cache"] and not cfg["train"]["freeze_backbone"]:
         raise VLTSegError(f"train.feature_cache needs train.freeze_backbone: true ({path})")
+    blocks = cfg["train"]["trainable_blocks"]
+    if not isinstance(blocks, int) or blocks < 0 or (blocks and not cfg["train"]["freeze_backbone"]):
+        raise VLTSegError(f"train.trainable_blocks is {blocks!r} in {path} (expected 0, or with freeze_backbone: "
+                          "true the number of last backbone blocks that still train)")
+    if blocks and cfg["train"]["feature_cache"]:
+        raise VLTSegError(f"train.trainable_blocks {blocks} in {path} needs train.feature_cache: false (the cache "
+                          "holds the features of the whole frozen backbone)")
     cfg["schedule"] = {**cfg.get("schedule", {}), "iterations": cfg["train"]["iterations"]}
     cfg.setdefault("name", path.stem)
     bad = sorted(set(cfg.get("test") or {}) - TEST_KEYS)
@@ -130,8 +138,7 @@ def resolved_config(cfg: dict[str, Any]) -> dict[str, Any]:
     preset = resolved_preset(cfg)
     with torch.device("meta"):
         model = build_model(preset, cfg.get("num_classes"))
-    if cfg["train"]["freeze_backbone"]:
-        model.backbone.requires_grad_(False)
+    freeze(model, cfg["train"])
     optimizer = _merged(cfg.get("optimizer"), OPTIMIZER_DEFAULTS, "optimizer")
     groups = [{"name": g["name"], "lr": g["lr"], "weight_decay": g["weight_decay"], "tensors": len(g["params"]),
                "parameters": sum(p.numel() for p in g["params"])} for g in param_groups(model, optimizer)]
@@ -215,9 +222,22 @@ def build_training_model(cfg: dict[str, Any]) -> nn.Module:
         from vltseg_core.checkpoint import load_backbone_weights
 
         load_backbone_weights(model, weights)
-    if cfg["train"]["freeze_backbone"]:
-        model.backbone.requires_grad_(False)
+    freeze(model, cfg["train"])
     return model
+
+
+def freeze(model: nn.Module, train: dict[str, Any]) -> None:
+    """freeze_backbone: the backbone does not train, except its last `trainable_blocks` blocks (partial
+    fine-tuning: the frozen blocks below run without autograd, so only the top of the backbone costs a backward)."""
+    if not train["freeze_backbone"]:
+        return
+    model.backbone.requires_grad_(False)
+    blocks = model.backbone.vit.blocks
+    if train["trainable_blocks"] > len(blocks):
+        raise VLTSegError(f"train.trainable_blocks is {train['trainable_blocks']} but the backbone has {len(blocks)} "
+                          "blocks")
+    for block in blocks[len(blocks) - train["trainable_blocks"]:]:
+        block.requires_grad_(True)
 
 
 class TrainStep(nn.Module):
