@@ -37,7 +37,6 @@ def load_demo_model() -> torch.nn.Module:
 def export_head(checkpoint: str | Path, dest: Path = HEAD_WEIGHTS, **meta: str) -> Path:
     """Write the neck + head of a trained demo checkpoint (ours, .safetensors or a training .pth) as float16."""
     from vltseg_core.checkpoint import read_weights
-
     from vltseg_core.demo_backbone import load_demo_backbone_state
 
     state = read_weights(checkpoint)
