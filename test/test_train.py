@@ -151,6 +151,21 @@ def test_partial_fine_tuning_trains_only_the_last_blocks(tmp_path, camvid_mini):
     assert any(k.startswith("neck.") for k in changed) and any(k.startswith("head.") for k in changed)
 
 
+def test_frozen_blocks_stay_in_eval_mode_under_partial_fine_tuning(tmp_path, camvid_mini):
+    """With drop-path on and trainable_blocks: 1, only the last block runs in training mode: drop-path in a frozen
+    block would change the features it was frozen for."""
+    cfg = load_experiment(_config(tmp_path, camvid_mini), ["train.freeze_backbone=true", "train.trainable_blocks=1",
+                                                           "model_overrides={backbone: {drop_path_rate: 0.3}}"])
+    trainer = Trainer(cfg, tmp_path / "modes")
+    trainer.step_module.train()
+    blocks = trainer.model.backbone.vit.blocks
+    assert [b.training for b in blocks] == [False] * (len(blocks) - 1) + [True]
+    assert all(m.training for m in blocks[-1].modules())
+    assert not any(m.training for b in blocks[:-1] for m in b.modules())
+    assert not trainer.model.backbone.vit.patch_embed.training
+    assert trainer.model.neck.training and trainer.model.head.training
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["train.trainable_blocks=2"], r"train.trainable_blocks is 2 .*expected 0, or with freeze_backbone: true"),
     (["train.freeze_backbone=true", "train.trainable_blocks=-1"], r"trainable_blocks is -1"),

@@ -255,9 +255,15 @@ class TrainStep(nn.Module):
         return self.loss(outputs, labels)
 
     def train(self, mode: bool = True) -> "TrainStep":
+        """Frozen parts of the backbone stay in eval mode (no dropout / drop-path); with `trainable_blocks` only
+        its last blocks train, everything below them (patch embedding, position dropout, lower blocks) does not."""
         super().train(mode)
-        if mode and not any(p.requires_grad for p in self.model.backbone.parameters()):
-            self.model.backbone.eval()  # frozen: keep dropout / drop-path off
+        backbone = self.model.backbone
+        if mode and not all(p.requires_grad for p in backbone.parameters()):
+            backbone.eval()
+            for block in backbone.vit.blocks:
+                if any(p.requires_grad for p in block.parameters()):
+                    block.train()
         return self
 
 
