@@ -23,6 +23,15 @@ def test_colorize_maps_ignore_to_black():
     assert rgb[1, 0].tolist() == [0, 0, 142]
 
 
+def test_palette_is_built_once_and_read_only():
+    """The node colours every frame with the table's one palette: nobody can change it for the others."""
+    table = load_class_table("cityscapes")
+    assert table.palette() is table.palette()
+    assert np.array_equal(table.palette()[:19], table.colors) and not table.palette()[19:].any()
+    with pytest.raises(ValueError):
+        table.palette()[0] = 1
+
+
 def test_unknown_table_is_one_clear_error():
     with pytest.raises(VLTSegError, match="not found"):
         load_class_table("no-such-table")

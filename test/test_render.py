@@ -42,8 +42,8 @@ def _check_identical(predictor, frames, device: str) -> None:
     table = predictor.class_table
     for (labels, confidence), rgb in zip(predictor.predict_batch_device(frames), frames):
         for alpha in (0.5, 0.3, 0.77, 0.0, 1.0):
-            host = render(labels.numpy(), confidence.numpy(), rgb, table.palette(), alpha, ALL)
-            dev = render_device(labels.to(device), confidence.to(device), rgb, table.palette(), alpha, ALL)
+            host = render(labels.numpy(), confidence.numpy(), rgb, table, alpha, ALL)
+            dev = render_device(labels.to(device), confidence.to(device), rgb, table, alpha, ALL)
             assert dev.keys() == host.keys() == ALL
             for name in ALL:
                 assert dev[name].dtype == host[name].dtype and np.array_equal(dev[name], host[name]), (name, alpha)
@@ -53,9 +53,9 @@ def _check_identical(predictor, frames, device: str) -> None:
         assert np.array_equal(host["color"], table.colorize(labels.numpy()))
         assert np.array_equal(host["confidence"], confidence_mono8(confidence.numpy()))
         for wanted in ({"mask"}, {"overlay"}, {"confidence", "probability"}, set()):  # only what is wanted
-            assert render_device(labels.to(device), confidence.to(device), rgb, table.palette(), 0.5,
+            assert render_device(labels.to(device), confidence.to(device), rgb, table, 0.5,
                                  wanted).keys() == wanted == render(labels.numpy(), confidence.numpy(), rgb,
-                                                                    table.palette(), 0.5, wanted).keys()
+                                                                    table, 0.5, wanted).keys()
 
 
 def test_render_device_on_cpu_tensors_is_identical_to_numpy(predictor, frames):

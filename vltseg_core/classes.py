@@ -1,7 +1,7 @@
 """Class tables (names, colours, ignore index) kept as YAML data under configs/classes/."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +18,27 @@ class ClassTable:
     names: tuple[str, ...]
     colors: np.ndarray  # (K, 3) uint8, row i = colour of class id i
     ignore_index: int = 255
+    _palette: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # built once: the node colours every frame with it
+        lut = np.zeros((256, 3), np.uint8)
+        lut[: self.num_classes] = self.colors
+        lut.setflags(write=False)
+        object.__setattr__(self, "_palette", lut)
 
     @property
     def num_classes(self) -> int:
         return len(self.names)
 
     def palette(self) -> np.ndarray:
-        """(256, 3) uint8 lookup table: class id -> colour; ids without a class (incl. ignore) are black."""
-        lut = np.zeros((256, 3), np.uint8)
-        lut[: self.num_classes] = self.colors
-        return lut
+        """(256, 3) uint8 lookup table (read-only): class id -> colour; ids without a class (incl. ignore) are
+        black."""
+        return self._palette
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         """HxW class ids -> HxWx3 rgb8."""
-        return np.take(self.palette(), labels, axis=0)
+        return np.take(self._palette, labels, axis=0)
 
 
 def load_class_table(name_or_path: str | Path = "cityscapes") -> ClassTable:

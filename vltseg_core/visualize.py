@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import torch
 
+from vltseg_core.classes import ClassTable
+
 OVERLAY_ALPHA = 0.5
 # What render / render_device can make: the mask, the colour mask, confidence as mono8, the overlay, and the float
 # confidence itself ("probability", for the domain-shift statistics).
@@ -35,9 +37,9 @@ def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float = OVERLAY_ALPHA) ->
     return (blended >> 8).astype(np.uint8)
 
 
-def render(labels: np.ndarray, confidence: np.ndarray, rgb: np.ndarray, palette: np.ndarray, alpha: float,
+def render(labels: np.ndarray, confidence: np.ndarray, rgb: np.ndarray, table: ClassTable, alpha: float,
            wanted: set[str]) -> dict[str, np.ndarray]:
-    """The `wanted` images (names in IMAGES) of one prediction; palette is ClassTable.palette()."""
+    """The `wanted` images (names in IMAGES) of one prediction, coloured by `table`."""
     out: dict[str, np.ndarray] = {}
     if "mask" in wanted:
         out["mask"] = labels
@@ -46,7 +48,7 @@ def render(labels: np.ndarray, confidence: np.ndarray, rgb: np.ndarray, palette:
     if "confidence" in wanted:
         out["confidence"] = confidence_mono8(confidence)
     if wanted & {"color", "overlay"}:
-        color = np.take(palette, labels, axis=0)
+        color = table.colorize(labels)
         if "color" in wanted:
             out["color"] = color
         if "overlay" in wanted:
@@ -54,7 +56,7 @@ def render(labels: np.ndarray, confidence: np.ndarray, rgb: np.ndarray, palette:
     return out
 
 
-def render_device(labels: torch.Tensor, confidence: torch.Tensor, rgb: np.ndarray, palette: np.ndarray,
+def render_device(labels: torch.Tensor, confidence: torch.Tensor, rgb: np.ndarray, table: ClassTable,
                   alpha: float, wanted: set[str]) -> dict[str, np.ndarray]:
     """`render` on the device of `labels` (HxW uint8) and `confidence` (HxW float32). The wanted images are packed
     into one byte buffer there, so one host copy brings them all."""
@@ -67,7 +69,7 @@ def render_device(labels: torch.Tensor, confidence: torch.Tensor, rgb: np.ndarra
     if "confidence" in wanted:
         parts["confidence"] = (confidence * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
     if wanted & {"color", "overlay"}:
-        color = torch.from_numpy(palette).to(device)[labels.long()]
+        color = torch.from_numpy(table.palette().copy()).to(device)[labels.long()]
         if "color" in wanted:
             parts["color"] = color
         if "overlay" in wanted:

@@ -352,7 +352,7 @@ class SegmentationNode(LifecycleNode):
                 frame.images = {"mask": labels.numpy(), "probability": confidence.numpy()}
                 continue
             start = time.monotonic()
-            frame.images = render_device(labels, confidence, frame.rgb, self._table.palette(),
+            frame.images = render_device(labels, confidence, frame.rgb, self._table,
                                          self._param("overlay_alpha"), self._images_wanted(frame.camera))
             frame.rendered = True
             self._stats.stage("render", time.monotonic() - start)
@@ -365,7 +365,7 @@ class SegmentationNode(LifecycleNode):
         images = frame.images
         if not frame.rendered:
             start = time.monotonic()
-            images = render(images["mask"], images["probability"], frame.rgb, self._table.palette(),
+            images = render(images["mask"], images["probability"], frame.rgb, self._table,
                             self._param("overlay_alpha"), self._images_wanted(cam))
             self._stats.stage("render", time.monotonic() - start)
         start = time.monotonic()

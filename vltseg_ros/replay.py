@@ -340,7 +340,6 @@ def _run(reader: AnyReader, bag: Path, predictor, out_dir: Path, out_bag: Path, 
     from vltseg_core.evaluation import ConfusionMatrix
 
     table = predictor.class_table
-    palette = table.palette()
     names = output_topics(selected)
     stats = {t: TopicStats() for t in selected}
     for conn in reader.connections:
@@ -400,7 +399,7 @@ def _run(reader: AnyReader, bag: Path, predictor, out_dir: Path, out_bag: Path, 
                     outs[conn.topic] = {name: writer.add_connection(topic, IMAGE, typestore=TYPESTORE)
                                         for name, topic in names[conn.topic].items()}
                 header = ros2_header(msg.header)
-                color = palette[pred.labels]
+                color = table.colorize(pred.labels)
                 confidence = confidence_mono8(pred.confidence)
                 for name, array, encoding in (("mask", pred.labels, "mono8"), ("color", color, "rgb8"),
                                               ("confidence", confidence, "mono8")):
