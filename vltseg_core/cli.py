@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from vltseg_core.errors import VLTSegError
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vltseg {name}: error: the Python package '{package}' is not installed (expected with the "
               f"'{extra}' extra: pip install 'vltseg_ros[{extra}]')", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`vltseg doctor --json | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail again
+        return 141  # 128 + SIGPIPE, the shell's status for a writer whose pipe closed
     except (VLTSegError, OSError) as exc:  # OSError: unreadable / unwritable files and folders the user named
         print(f"vltseg {name}: error: {exc}", file=sys.stderr)
         return 2
