@@ -62,7 +62,7 @@ def rgb_image(rgb: np.ndarray, index: int, frame_id: str = "camera") -> Image:
     return msg
 
 
-def start_node(log: Path, name: str = NODE_NAME, **params) -> subprocess.Popen:
+def start_node(log: Path, name: str = NODE_NAME, env: dict[str, str] | None = None, **params) -> subprocess.Popen:
     """`segmentation_node --ros-args --params-file config/segmentation_node.yaml -p k:=v ...`: the console script of a
     pip install (what the demo runs), else the module (colcon installs it under lib/vltseg_ros)."""
     script = Path(sys.executable).parent / "segmentation_node"
@@ -73,7 +73,7 @@ def start_node(log: Path, name: str = NODE_NAME, **params) -> subprocess.Popen:
         text = ("true" if value else "false") if isinstance(value, bool) else \
             "[" + ",".join(value) + "]" if isinstance(value, list) else str(value)
         args += ["-p", f"{key}:={text}"]
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
 @contextmanager

@@ -436,23 +436,41 @@ def main(args: list[str] | None = None) -> int:
     # not Python's KeyboardInterrupt: raised inside rclpy's C++ take_message that one arrives as a RuntimeError (exit
     # 1). Installed for SIGINT explicitly: a process started with SIGINT ignored (nohup, a script's `cmd &`) gets no
     # Python handler, and Ctrl-C / `ros2 launch`'s SIGINT would be ignored. SIGTERM (`ros2 launch` after SIGINT) too.
+    # Autostart's transitions run in this thread and can take minutes (an ONNX export, an engine build): a first signal
+    # there lets the transition finish (its result is cached) and skips the rest; a second one aborts it at once.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
+    stop, transitioning = threading.Event(), threading.Event()
     node = SegmentationNode()
+
+    def on_signal(signum: int, frame) -> None:
+        if transitioning.is_set():
+            if stop.is_set():
+                raise KeyboardInterrupt
+            node.get_logger().warning("shutdown requested during autostart: stopping when the current transition "
+                                      "returns (signal again to stop now)")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         if node.get_parameter("autostart").value:
+            transitioning.set()
             for transition, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
+                if stop.is_set():
+                    break
                 if trigger() != TransitionCallbackReturn.SUCCESS:  # the transition logged why
                     node.get_logger().info(f"autostart: {transition} did not succeed; exiting with code 2")
                     return 2
+            transitioning.clear()
         while rclpy.ok() and not stop.is_set():
             executor.spin_once(timeout_sec=0.2)  # a bounded wait: the flag is read in between
     except ExternalShutdownException:
         pass
+    except KeyboardInterrupt:  # the second signal during an autostart transition
+        node.get_logger().warning("autostart interrupted; exiting with code 130")
+        return 130
     finally:
         node._stop_processing()
         executor.remove_node(node)
