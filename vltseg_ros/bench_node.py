@@ -16,8 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -121,6 +124,52 @@ class _NodeProcess:
         self.log.close()
 
 
+@dataclass
+class _Client:
+    """This process's side of a node benchmark: a publisher on the node's image topic and the receive time of every
+    mask, by the stamp of its frame."""
+    namespace: str
+    node_proc: _NodeProcess
+    node: Any
+    executor: Any
+    publisher: Any
+    received: dict[int, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _node_client(setup: BenchSetup, name: str, mode: str, depth: int) -> Iterator[_Client]:
+    """The node process (`mode`) under a private namespace and an rclpy client of it in its own context, both
+    stopped afterwards."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    namespace = f"/{name}_{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix=f"{name}_") as tmp:
+        node_proc = _NodeProcess(setup, namespace, Path(tmp), mode=mode)
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        try:
+            node = rclpy.create_node(name, namespace=namespace, context=context)
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+            client = _Client(namespace, node_proc, node, executor, node.create_publisher(Image, "image", qos))
+
+            def on_mask(msg: Image) -> None:
+                client.received[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = time.perf_counter()
+
+            node.create_subscription(Image, "segmentation/mask", on_mask, qos)
+            yield client
+            executor.shutdown()
+            node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=context)
+            node_proc.stop()
+
+
 def _predict_seconds(predictor, frame: np.ndarray) -> float:
     start = time.perf_counter()
     predictor.predict(frame)
@@ -131,186 +180,137 @@ def bench_node(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerRes
     """Publish a frame, wait for its mask from the node process, then one bare predictor frame in this process (on
     the inference worker thread), repeat; one node process for all sizes. The interleaved predictor frames see the
     machine's load as the node's frames do: the node target is judged on them."""
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
 
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    namespace = f"/vltseg_bench_{os.getpid()}"
     results = []
-    with tempfile.TemporaryDirectory(prefix="vltseg_bench_") as tmp:
-        node_proc = _NodeProcess(setup, namespace, Path(tmp))
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        try:
-            node = rclpy.create_node("vltseg_bench", namespace=namespace, context=context)
-            executor = SingleThreadedExecutor(context=context)
-            executor.add_node(node)
-            qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-            received: dict[int, float] = {}
+    with _node_client(setup, "vltseg_bench", "evaluation", depth=5) as client:
+        namespace, node_proc, node, executor = client.namespace, client.node_proc, client.node, client.executor
+        publisher, received = client.publisher, client.received
+        stages = _NodeStages(f"{namespace}/segmentation_node")
+        node.create_subscription(DiagnosticArray, "/diagnostics", stages.on_message, 10)
 
-            def on_mask(msg: Image) -> None:
-                received[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = time.perf_counter()
+        def send(frame: np.ndarray, timeout: float, resend_every: float | None = None) -> float:
+            """Seconds from publish to this frame's mask (the frame is re-sent while the node starts up)."""
+            stamp = time.time_ns()
+            msg = _image_msg(frame, stamp)
+            deadline = time.monotonic() + timeout
+            sent = time.perf_counter()
+            publisher.publish(msg)
+            while stamp not in received:
+                executor.spin_once(timeout_sec=0.05)
+                node_proc.check_alive()
+                if time.monotonic() > deadline:
+                    raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {timeout:.0f} s of "
+                                      f"publishing a {frame.shape[1]}x{frame.shape[0]} frame on {namespace}/image "
+                                      f"(node log: {node_proc.log_path})")
+                if resend_every and time.perf_counter() - sent > resend_every:
+                    sent = time.perf_counter()
+                    publisher.publish(msg)
+            return received.pop(stamp) - sent
 
-            publisher = node.create_publisher(Image, "image", qos)
-            node.create_subscription(Image, "segmentation/mask", on_mask, qos)
-            stages = _NodeStages(f"{namespace}/segmentation_node")
-            node.create_subscription(DiagnosticArray, "/diagnostics", stages.on_message, 10)
+        def spin_until(done: Callable[[], bool], timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while not done() and time.monotonic() < deadline:
+                executor.spin_once(timeout_sec=0.05)
 
-            def send(frame: np.ndarray, timeout: float, resend_every: float | None = None) -> float:
-                """Seconds from publish to this frame's mask (the frame is re-sent while the node starts up)."""
-                stamp = time.time_ns()
-                msg = _image_msg(frame, stamp)
-                deadline = time.monotonic() + timeout
-                sent = time.perf_counter()
-                publisher.publish(msg)
-                while stamp not in received:
-                    executor.spin_once(timeout_sec=0.05)
-                    node_proc.check_alive()
-                    if time.monotonic() > deadline:
-                        raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {timeout:.0f} s of "
-                                          f"publishing a {frame.shape[1]}x{frame.shape[0]} frame on {namespace}/image "
-                                          f"(node log: {node_proc.log_path})")
-                    if resend_every and time.perf_counter() - sent > resend_every:
-                        sent = time.perf_counter()
-                        publisher.publish(msg)
-                return received.pop(stamp) - sent
-
-            def spin_until(done: Callable[[], bool], timeout: float) -> None:
-                deadline = time.monotonic() + timeout
-                while not done() and time.monotonic() < deadline:
-                    executor.spin_once(timeout_sec=0.05)
-
-            # first frame: wait for the node to configure, activate and match our topics
-            send(test_frame(sizes[0]), NODE_START_TIMEOUT_S, resend_every=2.0)
-            for size in sizes:
-                frame = test_frame(size)
-                reset_peak_rss(node_proc.proc.pid)
-                for _ in range(setup.warmup):
-                    send(frame, FRAME_TIMEOUT_S)
-                    setup.tick()
-                # diagnostics periods from the next one on hold measured frames only; wait for the one holding
-                # the last measured frame afterwards
-                seen = stages.messages
-                spin_until(lambda: stages.messages > seen, 3 * DIAGNOSTICS_PERIOD_S)
-                stages.start()
-                times, interleaved = [], []
-                for _ in range(setup.iters):
-                    times.append(send(frame, FRAME_TIMEOUT_S))
-                    interleaved.append(setup.in_worker(_predict_seconds, setup.predictor, frame))
-                    setup.tick()
-                spin_until(lambda: stages.frames() >= setup.iters, 3 * DIAGNOSTICS_PERIOD_S)
-                results.append(LayerResult("node", setup.backend, size, times, len(times) / sum(times),
-                                           read_peak_rss_mib(node_proc.proc.pid),
-                                           details={"peak_rss_of": "segmentation node process",
-                                                    "node_stage_mean_ms": stages.means_ms(),
-                                                    "node_stage_frames": stages.frames(),
-                                                    "predictor_interleaved_ms": [t * 1e3 for t in interleaved]}))
-            executor.shutdown()
-            node.destroy_node()
-        finally:
-            rclpy.try_shutdown(context=context)
-            node_proc.stop()
+        # first frame: wait for the node to configure, activate and match our topics
+        send(test_frame(sizes[0]), NODE_START_TIMEOUT_S, resend_every=2.0)
+        for size in sizes:
+            frame = test_frame(size)
+            reset_peak_rss(node_proc.proc.pid)
+            for _ in range(setup.warmup):
+                send(frame, FRAME_TIMEOUT_S)
+                setup.tick()
+            # diagnostics periods from the next one on hold measured frames only; wait for the one holding
+            # the last measured frame afterwards
+            seen = stages.messages
+            spin_until(lambda: stages.messages > seen, 3 * DIAGNOSTICS_PERIOD_S)
+            stages.start()
+            times, interleaved = [], []
+            for _ in range(setup.iters):
+                times.append(send(frame, FRAME_TIMEOUT_S))
+                interleaved.append(setup.in_worker(_predict_seconds, setup.predictor, frame))
+                setup.tick()
+            spin_until(lambda: stages.frames() >= setup.iters, 3 * DIAGNOSTICS_PERIOD_S)
+            results.append(LayerResult("node", setup.backend, size, times, len(times) / sum(times),
+                                       read_peak_rss_mib(node_proc.proc.pid),
+                                       details={"peak_rss_of": "segmentation node process",
+                                                "node_stage_mean_ms": stages.means_ms(),
+                                                "node_stage_frames": stages.frames(),
+                                                "predictor_interleaved_ms": [t * 1e3 for t in interleaved]}))
     return results
 
 
 def bench_node_live(setup: BenchSetup, sizes: list[tuple[int, int]]) -> list[LayerResult]:
     """Per size: `warmup` frames one at a time (the model's pace), then a camera at max(LIVE_CAMERA_MIN_HZ, twice
     that pace) for `iters` model periods; one live-mode node process for all sizes."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    namespace = f"/vltseg_bench_live_{os.getpid()}"
     results = []
-    with tempfile.TemporaryDirectory(prefix="vltseg_bench_live_") as tmp:
-        node_proc = _NodeProcess(setup, namespace, Path(tmp), mode="live")
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        try:
-            node = rclpy.create_node("vltseg_bench_live", namespace=namespace, context=context)
-            executor = SingleThreadedExecutor(context=context)
-            executor.add_node(node)
-            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-            sent: dict[int, float] = {}  # stamp -> publish time (perf_counter)
-            received: dict[int, float] = {}  # stamp -> mask receive time
+    with _node_client(setup, "vltseg_bench_live", "live", depth=1) as client:
+        namespace, node_proc, executor = client.namespace, client.node_proc, client.executor
+        publisher, received = client.publisher, client.received
+        sent: dict[int, float] = {}  # stamp -> publish time (perf_counter)
 
-            def on_mask(msg: Image) -> None:
-                received[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = time.perf_counter()
+        def publish(frame: np.ndarray) -> int:
+            stamp = time.time_ns()
+            sent[stamp] = time.perf_counter()
+            publisher.publish(_image_msg(frame, stamp))
+            return stamp
 
-            publisher = node.create_publisher(Image, "image", qos)
-            node.create_subscription(Image, "segmentation/mask", on_mask, qos)
+        def spin_until(done: Callable[[], bool], timeout: float, what: str) -> None:
+            deadline = time.monotonic() + timeout
+            while not done():
+                executor.spin_once(timeout_sec=0.01)
+                node_proc.check_alive()
+                if time.monotonic() > deadline:
+                    raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {timeout:.0f} s ({what}; "
+                                      f"node log: {node_proc.log_path})")
 
-            def publish(frame: np.ndarray) -> int:
-                stamp = time.time_ns()
-                sent[stamp] = time.perf_counter()
-                publisher.publish(_image_msg(frame, stamp))
-                return stamp
-
-            def spin_until(done: Callable[[], bool], timeout: float, what: str) -> None:
-                deadline = time.monotonic() + timeout
-                while not done():
-                    executor.spin_once(timeout_sec=0.01)
-                    node_proc.check_alive()
-                    if time.monotonic() > deadline:
-                        raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {timeout:.0f} s ({what}; "
-                                          f"node log: {node_proc.log_path})")
-
-            deadline = time.monotonic() + NODE_START_TIMEOUT_S  # start-up: re-publish until the first mask
-            while not received:
-                publish(test_frame(sizes[0]))
-                resend = time.monotonic() + 2.0
-                while not received and time.monotonic() < resend:
-                    executor.spin_once(timeout_sec=0.05)
-                    node_proc.check_alive()
-                if not received and time.monotonic() > deadline:
-                    raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {NODE_START_TIMEOUT_S:.0f} s "
-                                      f"of start-up (node log: {node_proc.log_path})")
-            for size in sizes:
-                frame = test_frame(size)
-                one_at_a_time = []
-                for _ in range(max(1, setup.warmup)):
-                    stamp = publish(frame)
-                    spin_until(lambda: stamp in received, FRAME_TIMEOUT_S, "one frame at a time")
-                    one_at_a_time.append(received[stamp] - sent[stamp])
-                    setup.tick()
-                pace = float(np.median(one_at_a_time))
-                camera_hz = max(LIVE_CAMERA_MIN_HZ, 2.0 / pace)
-                sent.clear()
-                received.clear()
-                reset_peak_rss(node_proc.proc.pid)
-                start = next_frame = time.perf_counter()
-                while (now := time.perf_counter()) < start + max(1.0, setup.iters * pace):
-                    if now >= next_frame:
-                        publish(frame)
-                        next_frame += 1.0 / camera_hz
-                    executor.spin_once(timeout_sec=max(0.0, min(next_frame - time.perf_counter(), 0.01)))
-                    node_proc.check_alive()
-                end = time.perf_counter()
-                in_window = sum(1 for t in received.values() if t <= end)
-                last = max(sent)
-                settle = time.monotonic() + 2 * pace + 1.0  # the frame in flight at the end still comes back
-                while time.monotonic() < settle and last not in received:
-                    executor.spin_once(timeout_sec=0.01)
-                ages = [received[s] - sent[s] for s in sorted(sent) if s in received]
-                for _ in range(setup.iters):
-                    setup.tick()
-                results.append(LayerResult("node-live", setup.backend, size, ages, in_window / (end - start),
-                                           read_peak_rss_mib(node_proc.proc.pid),
-                                           details={"peak_rss_of": "segmentation node process (live mode)",
-                                                    "camera_hz": camera_hz, "window_s": end - start,
-                                                    "published": len(sent), "processed": len(ages),
-                                                    "dropped": len(sent) - len(ages),
-                                                    "one_at_a_time_ms": [t * 1e3 for t in one_at_a_time]}))
-            executor.shutdown()
-            node.destroy_node()
-        finally:
-            rclpy.try_shutdown(context=context)
-            node_proc.stop()
+        deadline = time.monotonic() + NODE_START_TIMEOUT_S  # start-up: re-publish until the first mask
+        while not received:
+            publish(test_frame(sizes[0]))
+            resend = time.monotonic() + 2.0
+            while not received and time.monotonic() < resend:
+                executor.spin_once(timeout_sec=0.05)
+                node_proc.check_alive()
+            if not received and time.monotonic() > deadline:
+                raise VLTSegError(f"no mask on {namespace}/segmentation/mask within {NODE_START_TIMEOUT_S:.0f} s "
+                                  f"of start-up (node log: {node_proc.log_path})")
+        for size in sizes:
+            frame = test_frame(size)
+            one_at_a_time = []
+            for _ in range(max(1, setup.warmup)):
+                stamp = publish(frame)
+                spin_until(lambda: stamp in received, FRAME_TIMEOUT_S, "one frame at a time")
+                one_at_a_time.append(received[stamp] - sent[stamp])
+                setup.tick()
+            pace = float(np.median(one_at_a_time))
+            camera_hz = max(LIVE_CAMERA_MIN_HZ, 2.0 / pace)
+            sent.clear()
+            received.clear()
+            reset_peak_rss(node_proc.proc.pid)
+            start = next_frame = time.perf_counter()
+            while (now := time.perf_counter()) < start + max(1.0, setup.iters * pace):
+                if now >= next_frame:
+                    publish(frame)
+                    next_frame += 1.0 / camera_hz
+                executor.spin_once(timeout_sec=max(0.0, min(next_frame - time.perf_counter(), 0.01)))
+                node_proc.check_alive()
+            end = time.perf_counter()
+            in_window = sum(1 for t in received.values() if t <= end)
+            last = max(sent)
+            settle = time.monotonic() + 2 * pace + 1.0  # the frame in flight at the end still comes back
+            while time.monotonic() < settle and last not in received:
+                executor.spin_once(timeout_sec=0.01)
+            ages = [received[s] - sent[s] for s in sorted(sent) if s in received]
+            for _ in range(setup.iters):
+                setup.tick()
+            results.append(LayerResult("node-live", setup.backend, size, ages, in_window / (end - start),
+                                       read_peak_rss_mib(node_proc.proc.pid),
+                                       details={"peak_rss_of": "segmentation node process (live mode)",
+                                                "camera_hz": camera_hz, "window_s": end - start,
+                                                "published": len(sent), "processed": len(ages),
+                                                "dropped": len(sent) - len(ages),
+                                                "one_at_a_time_ms": [t * 1e3 for t in one_at_a_time]}))
     return results
 
 
