@@ -440,10 +440,9 @@ def main(args: list[str] | None = None) -> int:
     # there lets the transition finish (its result is cached) and skips the rest; a second one aborts it at once.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop, transitioning = threading.Event(), threading.Event()
-    node = SegmentationNode()
 
     def on_signal(signum: int, frame) -> None:
-        if transitioning.is_set():
+        if transitioning.is_set():  # set only once `node` exists
             if stop.is_set():
                 raise KeyboardInterrupt
             node.get_logger().warning("shutdown requested during autostart: stopping when the current transition "
@@ -452,18 +451,22 @@ def main(args: list[str] | None = None) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    node = SegmentationNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         if node.get_parameter("autostart").value:
             transitioning.set()
-            for transition, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
-                if stop.is_set():
-                    break
-                if trigger() != TransitionCallbackReturn.SUCCESS:  # the transition logged why
-                    node.get_logger().info(f"autostart: {transition} did not succeed; exiting with code 2")
-                    return 2
-            transitioning.clear()
+            try:
+                for transition, trigger in (("configure", node.trigger_configure),
+                                            ("activate", node.trigger_activate)):
+                    if stop.is_set():
+                        break
+                    if trigger() != TransitionCallbackReturn.SUCCESS:  # the transition logged why
+                        node.get_logger().info(f"autostart: {transition} did not succeed; exiting with code 2")
+                        return 2
+            finally:
+                transitioning.clear()  # from here on a signal only sets the flag (the clean-up below runs whole)
         while rclpy.ok() and not stop.is_set():
             executor.spin_once(timeout_sec=0.2)  # a bounded wait: the flag is read in between
     except ExternalShutdownException:
