@@ -53,9 +53,9 @@ def launched(share, tmp_path_factory):
     """The README's command: `ros2 launch vltseg_ros segmentation.launch.py image:=/camera/image_raw model:=demo`."""
     log = tmp_path_factory.mktemp("ros2_launch") / "launch.log"
     # Its own process group: a launch that hangs is killed together with its node, which would otherwise live on and
-    # answer the next tests' lifecycle calls under the same node name. SIGINT as a shell gives it: this pytest
-    # process can have SIGINT ignored by then (seen in fresh-clone CI runs), the child would inherit that,
-    # and `ros2 launch` keeps an ignored SIGINT ignored (Ctrl-C would do nothing).
+    # answer the next tests' lifecycle calls under the same node name. SIGINT as an interactive shell gives it: a
+    # test run started in the background by a script (`./run.sh test-ros &`) has SIGINT ignored, the child would
+    # inherit that, and `ros2 launch` keeps an ignored SIGINT ignored (Ctrl-C would do nothing).
     proc = subprocess.Popen(["ros2", "launch", "vltseg_ros", "segmentation.launch.py", "image:=/camera/image_raw",
                              "model:=demo"], stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
