@@ -1,7 +1,8 @@
 """Ctrl-C (SIGINT, what a user and `ros2 launch` send) and SIGTERM of a node that is busy with a backlog of frames:
 the worker finishes its batch while the context is still valid, the process exits 0, and the log holds no ERROR
 (rclpy's own signal handler used to shut the context down under the worker: `RCLError: failed to get subscription
-count: publisher's context is invalid`, then "Failed to publish log message to rosout"); a signal during autostart's configure."""
+count: publisher's context is invalid`, then "Failed to publish log message to rosout"). Also a signal during
+autostart's configure."""
 import os
 import signal
 import time
