@@ -183,6 +183,62 @@ def test_more_trainable_blocks_than_the_backbone_has_is_one_error(tmp_path, camv
         Trainer(cfg, tmp_path / "run")
 
 
+def test_lora_trains_only_adapters_and_the_final_checkpoint_is_the_merged_plain_model(tmp_path, camvid_mini):
+    """lora_rank: 2 with a frozen backbone: only the adapters, the neck and the head change; the final checkpoint
+    is a plain model of the preset (adapters folded in) that predicts what the trained model does; a resumed run
+    rebuilds the adapters and continues bit-identically."""
+    from vltseg_core.checkpoint import load_checkpoint
+
+    overrides = ["train.freeze_backbone=true", "train.lora_rank=2", "train.lora_alpha=4", "train.iterations=4"]
+    cfg = load_experiment(_config(tmp_path, camvid_mini), overrides)
+    trainer = Trainer(cfg, tmp_path / "lora")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    changed = {k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])}
+    backbone = {k for k in changed if k.startswith("backbone.")}
+    assert backbone and all(".lora_" in k for k in backbone), sorted(backbone)
+    assert any(k.startswith("neck.") for k in changed) and any(k.startswith("head.") for k in changed)
+
+    final = load_checkpoint(tmp_path / "lora" / "final.safetensors").eval()
+    assert not any(".lora_" in k for k in final.state_dict())
+    images = torch.from_numpy(build_dataset("camvid", camvid_mini, "mini")[0].image).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        torch.testing.assert_close(final(images[..., :112, :168]), trainer.model.eval()(images[..., :112, :168]),
+                                   atol=1e-5, rtol=1e-4)
+    resumed = Trainer(cfg, tmp_path / "lora", resume=True)
+    assert resumed.iteration == 4
+    assert all(torch.equal(v, resumed.model.state_dict()[k]) for k, v in trainer.model.state_dict().items())
+
+
+def test_init_from_starts_from_a_whole_model_of_the_preset(tmp_path, camvid_mini):
+    """init_from: a later stage (e.g. adapters over a linear-probed head) starts from an earlier run's weights;
+    a checkpoint of another architecture is one error naming the file."""
+    cfg = load_experiment(_config(tmp_path, camvid_mini), ["train.iterations=1"])
+    Trainer(cfg, tmp_path / "stage1").run()
+    first = tmp_path / "stage1" / "final.safetensors"
+    cfg = load_experiment(_config(tmp_path, camvid_mini), [f"init_from={first}", "train.freeze_backbone=true",
+                                                           "train.lora_rank=2"])
+    from safetensors.torch import load_file
+    from vltseg_core.train.lora import merged_state_dict
+
+    state = merged_state_dict(Trainer(cfg, tmp_path / "stage2").model)  # adapters start at zero
+    assert all(torch.equal(state[k], v) for k, v in load_file(str(first)).items())
+    cfg = load_experiment(_config(tmp_path, camvid_mini), ["init_from=" + str(first), "model=demo"])
+    with pytest.raises(VLTSegError, match=r"init_from .*final.safetensors does not match the model architecture"):
+        Trainer(cfg, tmp_path / "stage3")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["train.lora_rank=4"], r"train.lora_rank is 4 .*expected 0, or with freeze_backbone: true"),
+    (["train.freeze_backbone=true", "train.lora_rank=-1"], r"lora_rank is -1"),
+    (["train.freeze_backbone=true", "train.feature_cache=true", "train.lora_rank=4"],
+     r"lora_rank 4 .* needs train.feature_cache: false"),
+])
+def test_bad_lora_options_are_one_error(tmp_path, camvid_mini, overrides, match):
+    with pytest.raises(VLTSegError, match=match):
+        load_experiment(_config(tmp_path, camvid_mini), overrides)
+
+
 def test_frozen_backbone_feature_cache(tmp_path, camvid_mini):
     """Augmented views are cached once per (image, view): each is the transform drawn with the generator of
     (seed, view, image), training reads them and never changes the backbone, and a rerun, more views, a lost view or

@@ -32,11 +32,11 @@ from vltseg_core.train.optim import OPTIMIZER_DEFAULTS, build_optimizer, build_s
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "iterations": 20000, "batch_size": 8, "precision": "fp32", "seed": 0, "freeze_backbone": False,
-    "trainable_blocks": 0, "feature_cache": False, "checkpoint_interval": 1000, "eval_interval": 0,
-    "log_interval": 10,
+    "trainable_blocks": 0, "lora_rank": 0, "lora_alpha": 16.0, "feature_cache": False, "checkpoint_interval": 1000,
+    "eval_interval": 0, "log_interval": 10,
 }
-TOP_KEYS = {"name", "description", "model", "model_overrides", "num_classes", "backbone_weights", "data", "train",
-            "optimizer", "schedule", "loss", "test", "paper"}
+TOP_KEYS = {"name", "description", "model", "model_overrides", "num_classes", "backbone_weights", "init_from", "data",
+            "train", "optimizer", "schedule", "loss", "test", "paper"}
 DATA_KEYS = {"train", "val", "transform", "workers", "cache_views", "feature_cache_dir"}
 DATA_SPEC_KEYS = {"kind", "root", "split", "include", "exclude"}
 TEST_KEYS = {"mode", "size", "crop_size", "stride", "crops_per_batch", "min_confidence"}
@@ -92,6 +92,13 @@ def load_experiment(name_or_path: str | Path, overrides: list[str] | None = None
     if blocks and cfg["train"]["feature_cache"]:
         raise VLTSegError(f"train.trainable_blocks {blocks} in {path} needs train.feature_cache: false (the cache "
                           "holds the features of the whole frozen backbone)")
+    rank = cfg["train"]["lora_rank"]
+    if not isinstance(rank, int) or rank < 0 or (rank and not cfg["train"]["freeze_backbone"]):
+        raise VLTSegError(f"train.lora_rank is {rank!r} in {path} (expected 0, or with freeze_backbone: true the "
+                          "rank of the adapters on every backbone block's linear layers)")
+    if rank and cfg["train"]["feature_cache"]:
+        raise VLTSegError(f"train.lora_rank {rank} in {path} needs train.feature_cache: false (the adapters change "
+                          "the backbone's features)")
     cfg["schedule"] = {**cfg.get("schedule", {}), "iterations": cfg["train"]["iterations"]}
     cfg.setdefault("name", path.stem)
     bad = sorted(set(cfg.get("test") or {}) - TEST_KEYS)
@@ -152,7 +159,8 @@ def resolved_config(cfg: dict[str, Any]) -> dict[str, Any]:
         data["transform"] = dataclasses.asdict(TrainTransform.from_config(data.get("transform", {})))
     resolved = {
         "name": cfg["name"], "paper": cfg.get("paper"), "model": preset, "num_classes": model.num_classes,
-        "backbone_weights": cfg.get("backbone_weights"), "data": data, "train": cfg["train"],
+        "backbone_weights": cfg.get("backbone_weights"), "init_from": cfg.get("init_from"), "data": data,
+        "train": cfg["train"],
         "optimizer": {**optimizer, "groups": groups},
         "schedule": _merged(cfg.get("schedule"), SCHEDULE_DEFAULTS, "schedule"),
         "loss": {"type": loss_cls.__name__, **loss, **(cfg.get("loss") or {})},
@@ -209,7 +217,9 @@ class Dist:
 # ------------------------------------------------------------------------------------------------ model + data
 
 def build_training_model(cfg: dict[str, Any]) -> nn.Module:
-    """The preset with its initial backbone weights (`backbone_weights`: 'demo', a checkpoint path, or none)."""
+    """The preset with its initial weights: the backbone's (`backbone_weights`: 'demo', a checkpoint path, or
+    none), then, with `init_from`, a whole model of the same preset (e.g. the head a frozen-backbone stage
+    trained, before its adapters train: linear probing, then fine-tuning)."""
     from vltseg_core.models import build_model
 
     model = build_model(resolved_preset(cfg), cfg.get("num_classes"))
@@ -222,13 +232,18 @@ def build_training_model(cfg: dict[str, Any]) -> nn.Module:
         from vltseg_core.checkpoint import load_backbone_weights
 
         load_backbone_weights(model, weights)
+    if cfg.get("init_from"):
+        from vltseg_core.checkpoint import load_state_dict_checked, read_weights
+
+        load_state_dict_checked(model, read_weights(cfg["init_from"]), f"init_from {cfg['init_from']}")
     freeze(model, cfg["train"])
     return model
 
 
 def freeze(model: nn.Module, train: dict[str, Any]) -> None:
     """freeze_backbone: the backbone does not train, except its last `trainable_blocks` blocks (partial
-    fine-tuning: the frozen blocks below run without autograd, so only the top of the backbone costs a backward)."""
+    fine-tuning: the frozen blocks below run without autograd, so only the top of the backbone costs a backward)
+    or, with `lora_rank`, the low-rank adapters added to every block's linear layers (train/lora.py)."""
     if not train["freeze_backbone"]:
         return
     model.backbone.requires_grad_(False)
@@ -238,6 +253,10 @@ def freeze(model: nn.Module, train: dict[str, Any]) -> None:
                           "blocks")
     for block in blocks[len(blocks) - train["trainable_blocks"]:]:
         block.requires_grad_(True)
+    if train["lora_rank"]:
+        from vltseg_core.train.lora import add_lora
+
+        add_lora(blocks, train["lora_rank"], float(train["lora_alpha"]))
 
 
 class TrainStep(nn.Module):
@@ -503,7 +522,14 @@ class Trainer:
         if self.dist.main:
             from vltseg_core.checkpoint import save_checkpoint
 
-            final = save_checkpoint(self.model, self.work_dir / "final.safetensors", experiment=self.cfg["name"],
+            model = self.model
+            if tcfg["lora_rank"]:  # the adapters folded into the weights: a plain model of the preset
+                from vltseg_core.models import build_model
+                from vltseg_core.train.lora import merged_state_dict
+
+                model = build_model(self.model.preset, self.model.num_classes)
+                model.load_state_dict(merged_state_dict(self.model))
+            final = save_checkpoint(model, self.work_dir / "final.safetensors", experiment=self.cfg["name"],
                                     iteration=self.iteration, metrics=last)
             bar.write(f"final model: {final}")
         return last
