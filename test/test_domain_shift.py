@@ -59,7 +59,9 @@ def test_camvid_val_frames_match_the_references_and_the_full_frame(demo_predicto
 def test_degraded_frames_raise_the_level(demo_predictor, refs, camvid_root):
     rgb = build_dataset("camvid", camvid_root, "val").load(0).image
     clean, _ = _stats(demo_predictor, rgb, refs)
-    dark, _ = _stats(demo_predictor, (rgb * 0.15).astype(np.uint8), refs)
+    # a near-black frame (values 0-7: failed exposure); the demo model, trained with photometric distortion, stays
+    # within its validation range at 15 % brightness (0.906 against 0.917 clean), so that is no failure to flag
+    dark, _ = _stats(demo_predictor, (rgb * 0.03).astype(np.uint8), refs)
     noisy, _ = _stats(demo_predictor, np.clip(rgb + np.random.default_rng(0).normal(0, 60, rgb.shape), 0, 255)
                       .astype(np.uint8), refs)
     assert ds.level(clean, refs)[0] == ds.OK
@@ -137,7 +139,7 @@ def test_replay_reports_each_frame_and_plots(demo_predictor, refs, camvid_root, 
     from vltseg_ros.replay import TYPESTORE, image_msg, replay
 
     clean = build_dataset("camvid", camvid_root, "val").load(0).image
-    frames = [clean, (clean * 0.15).astype(np.uint8)]
+    frames = [clean, (clean * 0.03).astype(np.uint8)]  # near-black: test_degraded_frames_raise_the_level
     header_t = TYPESTORE.types["std_msgs/msg/Header"]
     time_t = TYPESTORE.types["builtin_interfaces/msg/Time"]
     with Writer(tmp_path / "in", version=9, storage_plugin=StoragePlugin.MCAP) as writer:

@@ -1,1 +1,1 @@
-"""Training: losses, Hungarian matcher, optimiser recipe, frozen-backbone feature cache, DDP trainer."""
+"""Training: losses, Hungarian matcher, optimiser recipe, frozen-backbone feature cache, LoRA adapters, DDP trainer."""
