@@ -237,10 +237,11 @@ class Player:
         return sent
 
     def wait_for(self, frames: list[PlayedFrame], timeout: float) -> None:
-        """Wait until every frame has its mask, or the node counted every frame sent as done and nothing arrived
-        for ANSWER_GRACE seconds (a frame it skipped), or nothing at all happened for `timeout` seconds."""
+        """Wait until every frame has all its outputs (the mask alone is not enough: the last frame's other
+        outputs may still be in flight), or the node counted every frame sent as done and nothing arrived for
+        ANSWER_GRACE seconds (a frame it skipped), or nothing at all happened for `timeout` seconds."""
         with self.answered:
-            while not all("mask" in f.outputs for f in frames):
+            while not all(f.outputs.keys() >= set(OUTPUTS) for f in frames):
                 idle = time.monotonic() - self.progress_at
                 if (self.handled >= self.published and idle > ANSWER_GRACE) or idle > timeout:
                     return
