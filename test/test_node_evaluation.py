@@ -54,8 +54,21 @@ def bad_raw_frames(index: int) -> list[Image]:
     return [unknown, short_step, truncated, empty, huge]
 
 
+def untied_seeds(predictor, count: int) -> list[int]:
+    """Seeds of test frames where every pixel's best class leads the second by at least 1e-7 in probability (about
+    13 float32 steps at the tiny model's near-uniform 0.1). The node infers frames of several cameras in one batch,
+    and ONNX Runtime's batch-of-two results differ from its single-image ones in the last bit: enough to flip a tie
+    one step wide (frame(8) has a pixel whose two best classes are 7.45e-9 apart), not a class that wins by more."""
+    def untied(seed: int) -> bool:
+        top2 = np.sort(predictor.predict_probs(frame(seed)), axis=0)[-2:]
+        return bool((top2[1] - top2[0]).min() >= 1e-7)
+    return [seed for seed in range(4 * count) if untied(seed)][:count]
+
+
 def test_three_cameras_in_batches_of_two_every_frame_bad_input_and_sim_time(nodes):
     harnesses, predictor = nodes
+    seeds = untied_seeds(predictor, 12 * len(CAMERAS))
+    assert len(seeds) == 12 * len(CAMERAS), "too few test frames without a near-tie"
     h = harnesses["raw"]
     clock_pub = h.node.create_publisher(Clock, "/clock", 10)
     h.node.create_timer(0.05, lambda: clock_pub.publish(Clock(clock=Time(sec=SIM_NOW))))
@@ -69,7 +82,7 @@ def test_three_cameras_in_batches_of_two_every_frame_bad_input_and_sim_time(node
     sent = {cam: [] for cam in pubs}
     for i in range(12):  # all cameras at once: the node batches two of them; bad frames on cam0 in between
         for c, (cam, pub) in enumerate(pubs.items()):
-            msg = rgb_image(frame(i * len(pubs) + c), i, cam)
+            msg = rgb_image(frame(seeds[i * len(pubs) + c]), i, cam)
             pub.publish(msg)
             sent[cam].append(msg)
         if i < 5:
